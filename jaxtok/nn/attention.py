@@ -1,0 +1,64 @@
+"""Scaled dot-product attention with GQA and fp32 softmax (the plain-XLA path).
+
+Two entry points share one masked-softmax core:
+* ``attention``: queries against keys of the same call (no cache), any boolean mask.
+* ``cached_attention``: queries of a new block against the cache slots ``< cache_len`` (all
+  visible) plus the new block itself under ``block_mask`` (causal chain, tree, or single token).
+  This is the op ``jaxtok_kernels.tree_attention`` implements.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+# Finite mask value: -inf would turn fully-masked rows into NaN.
+_MASKED = -1e30
+
+
+def _masked_softmax_attend(q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
+  dh = q_BxTxKxGxDh.shape[-1]
+  s_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
+                           preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(dh))
+  mask = mask_BxTxS[:, None, None, :, :]
+  s_BxKxGxTxS = jnp.where(mask, s_BxKxGxTxS, _MASKED)
+  p = jax.nn.softmax(s_BxKxGxTxS, axis=-1)
+  p = jnp.where(mask, p, 0.0)  # rows with nothing visible give 0, not a uniform average
+  return jnp.einsum("bkgts,bskd->btkgd", p.astype(v_BxSxKxDh.dtype), v_BxSxKxDh,
+                    preferred_element_type=jnp.float32)
+
+
+def _group(q_BxTxHxDh, kv_heads):
+  b, t, h, dh = q_BxTxHxDh.shape
+  return q_BxTxHxDh.reshape(b, t, kv_heads, h // kv_heads, dh)
+
+
+def attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_BxSxKxDh: Float[Array, "B S K Dh"],
+              v_BxSxKxDh: Float[Array, "B S K Dh"],
+              mask_BxTxS: Bool[Array, "B T S"]) -> Float[Array, "B T H Dh"]:
+  b, t, h, dh = q_BxTxHxDh.shape
+  k = k_BxSxKxDh.shape[2]
+  out = _masked_softmax_attend(_group(q_BxTxHxDh, k), k_BxSxKxDh, v_BxSxKxDh,
+                               jnp.broadcast_to(mask_BxTxS, (b, t, k_BxSxKxDh.shape[1])))
+  return out.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
+
+
+def cached_attention_reference(
+    q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxSxKxDh: Float[Array, "B S K Dh"],
+    v_cache_BxSxKxDh: Float[Array, "B S K Dh"], cache_len_B: Int[Array, "B"],
+    k_new_BxTxKxDh: Float[Array, "B T K Dh"], v_new_BxTxKxDh: Float[Array, "B T K Dh"],
+    block_mask_BxTxT: Bool[Array, "B T T"]) -> Float[Array, "B T H Dh"]:
+  b, t, h, dh = q_BxTxHxDh.shape
+  s = k_cache_BxSxKxDh.shape[1]
+  in_cache_BxS = jnp.arange(s)[None, :] < cache_len_B[:, None]
+  mask = jnp.concatenate([jnp.broadcast_to(in_cache_BxS[:, None, :], (b, t, s)),
+                          jnp.broadcast_to(block_mask_BxTxT, (b, t, t))], axis=-1)
+  k_all = jnp.concatenate([k_cache_BxSxKxDh, k_new_BxTxKxDh.astype(k_cache_BxSxKxDh.dtype)], 1)
+  v_all = jnp.concatenate([v_cache_BxSxKxDh, v_new_BxTxKxDh.astype(v_cache_BxSxKxDh.dtype)], 1)
+  return attention(q_BxTxHxDh, k_all, v_all, mask)
+
+
+def cached_attention(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
+                     k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT):
+  return cached_attention_reference(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
+                                    k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT)
