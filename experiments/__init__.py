@@ -1,0 +1,14 @@
+"""Experiment and benchmark registries (installed as ``jaxtok_experiments``).
+
+An experiment module defines ``PRESETS`` (``smoke``/``cpu``/``pod`` -> config factory) and
+``run(cfg, out_dir) -> list[Claim]``; a benchmark module defines ``main(argv)``. Modules are
+named here and imported lazily, so listing them costs nothing.
+"""
+EXPERIMENTS = {
+    "lm": "jaxtok_experiments.lm",
+}
+
+BENCHES = {
+    "train": "jaxtok_experiments.bench_train",
+    "kernels": "jaxtok_kernels.bench",
+}
