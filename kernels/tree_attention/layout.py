@@ -1,0 +1,88 @@
+"""Input validation and the kernel layout of tree attention (shared by the TPU and GPU kernels).
+
+The kernels fold the G = H / K query heads that share one kv head into the row axis (rows
+r = g * Tp + t, Tp = T padded to the target's tile), so one grid program streams a kv head's
+cache blocks once for all of its query heads (the GQA trick of the FlashDecoding / paged
+attention kernels). The tree mask is repeated per folded head so each row reads its own mask
+row, and the cache is viewed as [B, S, K * Dh] - a free reshape - so a kv head's slice of a
+cache block is a lane-dimension block and the cache is never transposed or copied.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxtok_kernels import common
+
+
+def validate_inputs(q, k_cache, v_cache, cache_len, k_new, v_new, block_mask) -> None:
+  """Raise ValueError naming the argument and expected shape for inconsistent inputs."""
+  if q.ndim != 4:
+    raise ValueError(f"q_BxTxHxDh must have rank 4 [B, T, H, Dh], got shape {q.shape}")
+  b, t, h, dh = q.shape
+  if k_cache.ndim != 4 or k_cache.shape[0] != b or k_cache.shape[3] != dh:
+    raise ValueError(f"k_cache_BxSxKxDh must have shape [B={b}, S, K, Dh={dh}], got "
+                     f"{k_cache.shape}")
+  s, kv = k_cache.shape[1], k_cache.shape[2]
+  if v_cache.shape != k_cache.shape:
+    raise ValueError(f"v_cache_BxSxKxDh must have the shape of k_cache {k_cache.shape}, got "
+                     f"{v_cache.shape}")
+  if kv < 1 or h % kv:
+    raise ValueError(f"query heads H={h} must be a multiple of the kv heads K={kv} (GQA); "
+                     f"q_BxTxHxDh {q.shape}, k_cache_BxSxKxDh {k_cache.shape}")
+  for name, x in (("k_new_BxTxKxDh", k_new), ("v_new_BxTxKxDh", v_new)):
+    if x.shape != (b, t, kv, dh):
+      raise ValueError(f"{name} must have shape [B, T, K, Dh] = {(b, t, kv, dh)}, got "
+                       f"{x.shape}")
+  if block_mask.shape != (b, t, t):
+    raise ValueError(f"block_mask_BxTxT must have shape [B, T, T] = {(b, t, t)}, got "
+                     f"{block_mask.shape}")
+  if cache_len.shape != (b,):
+    raise ValueError(f"cache_len_B must have shape [B] = {(b,)}, got {cache_len.shape}")
+  if not jnp.issubdtype(cache_len.dtype, jnp.integer):
+    raise ValueError(f"cache_len_B must be an integer array, got dtype {cache_len.dtype}")
+  lens = common.concrete_int_array(cache_len)
+  if lens is not None and lens.size and (lens.min() < 0 or lens.max() > s):
+    raise ValueError(f"cache_len_B must lie in [0, S={s}], got {lens.tolist()}")
+
+
+def fold_queries(q_BxTxHxDh, kv_heads: int, t_pad: int):
+  """[B, T, H, Dh] -> [B, K, G * Tp, Dh] with row r = g * Tp + t (padded rows are zero)."""
+  b, t, h, dh = q_BxTxHxDh.shape
+  g = h // kv_heads
+  q = common.pad_axis(q_BxTxHxDh, 1, t_pad)
+  q_BxKxGxTpxDh = q.reshape(b, t_pad, kv_heads, g, dh).transpose(0, 2, 3, 1, 4)
+  return q_BxKxGxTpxDh.reshape(b, kv_heads, g * t_pad, dh)
+
+
+def unfold(o_BxKxRxDh, t: int, t_pad: int):
+  """[B, K, G * Tp, Dh] -> [B, T, H, Dh], dropping the padded rows."""
+  b, kv, r, dh = o_BxKxRxDh.shape
+  g = r // t_pad
+  o = o_BxKxRxDh.reshape(b, kv, g, t_pad, dh).transpose(0, 3, 1, 2, 4)
+  return o.reshape(b, t_pad, kv * g, dh)[:, :t]
+
+
+def block_keys(k_new_BxTxKxDh, t_pad: int, dtype):
+  """[B, T, K, Dh] -> [B, K, Tp, Dh] in the cache dtype (as the reference casts them)."""
+  k = common.pad_axis(k_new_BxTxKxDh.astype(dtype), 1, t_pad)
+  return k.transpose(0, 2, 1, 3)
+
+
+def row_mask(block_mask_BxTxT, groups: int, t_pad: int, cols: int):
+  """[B, T, T] bool -> [B, G * Tp, cols] int32; padded rows and columns are invisible.
+
+  int32 because Mosaic vectors hold 16/32-bit integers, not i1/i8.
+  """
+  m = common.pad_axis(common.pad_axis(block_mask_BxTxT.astype(jnp.int32), 1, t_pad), 2, cols)
+  return jnp.tile(m, (1, groups, 1))
+
+
+def cache_lanes(cache_BxSxKxDh):
+  """[B, S, K, Dh] -> [B, S, K * Dh]: a free (contiguous) reshape, no copy."""
+  b, s, kv, dh = cache_BxSxKxDh.shape
+  return cache_BxSxKxDh.reshape(b, s, kv * dh)
+
+
+def clamp_len(cache_len_B, s: int):
+  """cache_len as int32 clipped to [0, S] (traced values cannot be range-checked)."""
+  return jnp.clip(cache_len_B.astype(jnp.int32), 0, s)

@@ -1,0 +1,169 @@
+"""Tree attention over a KV cache - Pallas TPU (Mosaic) kernel.
+
+FlashAttention-2's online softmax (Dao, arXiv 2307.08691, Algorithm 1) over the cache blocks,
+with the draft tree block of SpecInfer-style verification (arXiv 2305.09781) as one extra step:
+
+  grid = (B, K / kh, n_blocks + 1)       kh kv heads per program (1 when Dh is lane-aligned)
+  steps j < n_blocks : cache block j (all visible below cache_len), skipped past cache_len
+  step  j = n_blocks : the T new nodes under the tree mask, then normalise and write out
+
+`cache_len` is scalar-prefetched into SMEM (pltpu.PrefetchScalarGridSpec) so the cache index_map
+can clamp to the last block that holds a live slot: Pallas skips the DMA when a block index
+repeats, so a short cache costs only its live blocks, not S. The G query heads of one kv head
+are folded into rows (layout.py), so each cache block is read from HBM once per kv head.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from jaxtok_kernels import common
+from jaxtok_kernels.tree_attention import layout
+
+# Finite "minus infinity": a fully masked row keeps m = _MASKED, exp(0) is zeroed by the mask,
+# and no inf - inf NaN appears (same value as the reference).
+_MASKED = -1e30
+# m and l live in lane-replicated (rows, 128) scratch: a (rows, 1) f32 buffer would be padded
+# to a full lane tile anyway, and the replicated form keeps every access lane-aligned.
+_STAT_LANES = 128
+DEFAULT_BLOCK_S = 512
+
+
+def _heads_per_program(kv_heads: int, head_dim: int) -> int:
+  """Fewest kv heads whose lanes (kh * Dh) tile by 128, or all of them (full dimension)."""
+  for kh in range(1, kv_heads + 1):
+    if kv_heads % kh == 0 and (kh * head_dim) % common.TPU_LANES == 0:
+      return kh
+  return kv_heads
+
+
+def _online_update(m_scr, l_scr, acc_scr, i, s_RxN, vis, v_NxDh):
+  """One FlashAttention-2 step for kv head slot i: fold scores s (fp32) and values v in."""
+  m_prev = m_scr[i][:, :1]
+  l_prev = l_scr[i][:, :1]
+  s_RxN = jnp.where(vis, s_RxN, _MASKED)
+  m_new = jnp.maximum(m_prev, jnp.max(s_RxN, axis=1, keepdims=True))
+  p_RxN = jnp.where(vis, jnp.exp(s_RxN - m_new), 0.0)
+  alpha = jnp.exp(m_prev - m_new)
+  l_scr[i] = jnp.broadcast_to(alpha * l_prev + jnp.sum(p_RxN, axis=1, keepdims=True),
+                              l_scr.shape[1:])
+  m_scr[i] = jnp.broadcast_to(m_new, m_scr.shape[1:])
+  # p in the value dtype: bf16 operands keep the MXU at full rate; the sum stays fp32.
+  pv = lax.dot_general(p_RxN.astype(v_NxDh.dtype), v_NxDh, (((1,), (0,)), ((), ())),
+                       preferred_element_type=jnp.float32)
+  acc_scr[i] = alpha * acc_scr[i] + pv
+
+
+def _scores(q_RxDh, k_NxDh, scale):
+  # q k^T without materialising k^T: contract the head dims of both ("NT" matmul on the MXU).
+  s = lax.dot_general(q_RxDh, k_NxDh, (((1,), (1,)), ((), ())),
+                      preferred_element_type=jnp.float32)
+  return s * scale
+
+
+def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref,
+            m_scr, l_scr, acc_scr, *, kh, dh, block_s, n_blocks, scale):
+  b, j = pl.program_id(0), pl.program_id(2)
+  length = len_ref[b]
+
+  @pl.when(j == 0)
+  def _init():
+    m_scr[...] = jnp.full(m_scr.shape, _MASKED, jnp.float32)
+    l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
+    acc_scr[...] = jnp.zeros(acc_scr.shape, jnp.float32)
+
+  @pl.when((j < n_blocks) & (j * block_s < length))
+  def _cache_block():
+    col_1xN = j * block_s + lax.broadcasted_iota(jnp.int32, (1, block_s), 1)
+    row_Nx1 = j * block_s + lax.broadcasted_iota(jnp.int32, (block_s, 1), 0)
+    for i in range(kh):
+      k = kc_ref[:, i * dh:(i + 1) * dh]
+      # Slots past cache_len (and a ragged last block's out-of-bounds rows) may hold anything,
+      # even NaN; p = 0 there, but 0 * NaN = NaN, so the values are zeroed too.
+      v = jnp.where(row_Nx1 < length, vc_ref[:, i * dh:(i + 1) * dh], 0)
+      _online_update(m_scr, l_scr, acc_scr, i, _scores(q_ref[i], k, scale),
+                     col_1xN < length, v)
+
+  @pl.when(j == n_blocks)
+  def _tree_block_and_finish():
+    vis = mask_ref[...] != 0
+    for i in range(kh):
+      _online_update(m_scr, l_scr, acc_scr, i, _scores(q_ref[i], kn_ref[i], scale), vis,
+                     vn_ref[i])
+      l = l_scr[i][:, :1]
+      inv = jnp.where(l > 0, 1.0 / l, 0.0)  # nothing visible -> output 0
+      o_ref[i] = (acc_scr[i] * inv).astype(o_ref.dtype)
+
+
+def plan(t: int, s: int, kv_heads: int, head_dim: int, block_s: int | None):
+  """Static tiling: (Tp, kh, block_s, n_blocks). Raises BlockSizeError on an illegal block."""
+  t_pad = common.round_up(t, common.TPU_SUBLANES)
+  kh = _heads_per_program(kv_heads, head_dim)
+  if block_s is None:
+    block_s = s if s <= DEFAULT_BLOCK_S else DEFAULT_BLOCK_S
+  common.validate_tpu_block("k_cache block (block_s, kh*Dh)", (block_s, kh * head_dim),
+                            (s, kv_heads * head_dim))
+  return t_pad, kh, block_s, common.cdiv(s, block_s)
+
+
+@functools.partial(jax.jit, static_argnames=("block_s", "interpret"))
+def tree_attention_tpu(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
+                       k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, *,
+                       block_s: int | None = None, interpret: bool = False):
+  """Mosaic kernel entry point; same contract as tree_attention_reference."""
+  b, t, h, dh = q_BxTxHxDh.shape
+  s, kv = k_cache_BxSxKxDh.shape[1:3]
+  g = h // kv
+  t_pad, kh, block_s, n_blocks = plan(t, s, kv, dh, block_s)
+  rows = g * t_pad
+  cache_dtype = k_cache_BxSxKxDh.dtype
+
+  q_BxKxRxDh = layout.fold_queries(q_BxTxHxDh, kv, t_pad)
+  kn_BxKxTpxDh = layout.block_keys(k_new_BxTxKxDh, t_pad, cache_dtype)
+  vn_BxKxTpxDh = layout.block_keys(v_new_BxTxKxDh, t_pad, cache_dtype)
+  mask_BxRxTp = layout.row_mask(block_mask_BxTxT, g, t_pad, t_pad)
+  kc_BxSxKDh = layout.cache_lanes(k_cache_BxSxKxDh)
+  vc_BxSxKDh = layout.cache_lanes(v_cache_BxSxKxDh)
+  lens_B = layout.clamp_len(cache_len_B, s)
+
+  def cache_index(bi, ki, j, len_ref):
+    # Past the last live block, repeat it: same block index => Pallas issues no new DMA.
+    last = jnp.maximum(pl.cdiv(len_ref[bi], block_s) - 1, 0)
+    return bi, jnp.minimum(j, last), ki
+
+  head_block = pl.BlockSpec((None, kh, rows, dh), lambda bi, ki, j, _: (bi, ki, 0, 0))
+  tree_block = pl.BlockSpec((None, kh, t_pad, dh), lambda bi, ki, j, _: (bi, ki, 0, 0))
+  cache_block = pl.BlockSpec((None, block_s, kh * dh), cache_index)
+  grid_spec = pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=1,
+      grid=(b, kv // kh, n_blocks + 1),
+      in_specs=[head_block, cache_block, cache_block, tree_block, tree_block,
+                pl.BlockSpec((None, rows, t_pad), lambda bi, ki, j, _: (bi, 0, 0))],
+      out_specs=head_block,
+      scratch_shapes=[pltpu.VMEM((kh, rows, _STAT_LANES), jnp.float32),
+                      pltpu.VMEM((kh, rows, _STAT_LANES), jnp.float32),
+                      pltpu.VMEM((kh, rows, dh), jnp.float32)])
+  kernel = functools.partial(_kernel, kh=kh, dh=dh, block_s=block_s, n_blocks=n_blocks,
+                             scale=1.0 / math.sqrt(dh))
+  itemsize = jnp.dtype(cache_dtype).itemsize
+  out = pl.pallas_call(
+      kernel,
+      grid_spec=grid_spec,
+      out_shape=jax.ShapeDtypeStruct(q_BxKxRxDh.shape, q_BxTxHxDh.dtype),
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "arbitrary")),
+      cost_estimate=pl.CostEstimate(
+          flops=4 * b * h * t_pad * (s + t_pad) * dh,
+          transcendentals=b * h * t_pad * (s + t_pad),
+          bytes_accessed=2 * b * (s + t_pad) * kv * dh * itemsize
+          + 2 * q_BxKxRxDh.size * q_BxKxRxDh.dtype.itemsize),
+      interpret=interpret,
+      name="tree_attention_tpu",
+  )(lens_B, q_BxKxRxDh, kc_BxSxKDh, vc_BxSxKDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp)
+  return layout.unfold(out, t, t_pad)
