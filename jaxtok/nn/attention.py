@@ -60,5 +60,9 @@ def cached_attention_reference(
 
 def cached_attention(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
                      k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT):
-  return cached_attention_reference(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
-                                    k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT)
+  # Imported here: jaxtok_kernels pulls in Pallas, which plain `import jaxtok` should not pay for.
+  import jaxtok_kernels
+  # None: the Pallas kernel on TPU/GPU, this module's reference semantics elsewhere.
+  return jaxtok_kernels.tree_attention(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh,
+                                       cache_len_B, k_new_BxTxKxDh, v_new_BxTxKxDh,
+                                       block_mask_BxTxT, implementation=None)

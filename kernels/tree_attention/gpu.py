@@ -1,0 +1,131 @@
+"""Tree attention over a KV cache - Pallas GPU (Triton) kernel.
+
+Same algorithm as the TPU kernel (FlashAttention-2 online softmax, Dao arXiv 2307.08691, over
+the cache, then the draft-tree block under its mask, SpecInfer arXiv 2305.09781), laid out the
+way a GPU wants it: one program per (batch, kv head, block of folded query rows), and a
+`fori_loop` over cache blocks whose trip count is cdiv(cache_len[b], block_s) - a dynamic bound,
+so blocks past the cache length are never loaded.
+
+Triton needs power-of-two array sizes and matmul dims >= 16, so T is padded to a power of two
+>= 16 and Dh and G = H / K must already be powers of two; other shapes raise
+NotImplementedError and the dispatcher falls back to the reference. The cache itself is not
+padded: loads of the ragged last block are masked.
+
+Triton is the GPU lowering jax 0.12 compiles for H100 without a device (Mosaic GPU's
+`pallas_call` path is deprecated in favour of `plgpu.kernel`; see kv_and_tree.md §C).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
+
+from jaxtok_kernels import common
+from jaxtok_kernels.tree_attention import layout
+
+_MASKED = -1e30  # finite: a fully masked row never forms inf - inf (same value as the reference)
+DEFAULT_BLOCK_S = 64
+DEFAULT_BLOCK_R = 64
+
+
+def plan(t: int, h: int, kv_heads: int, head_dim: int, block_s: int | None,
+         block_r: int | None):
+  """Static tiling (Tp, block_r, block_s); NotImplementedError for shapes Triton cannot tile."""
+  g = h // kv_heads
+  if not common.is_pow2(head_dim) or head_dim < common.TRITON_MIN_DOT:
+    raise NotImplementedError(f"GPU tree attention needs a power-of-two head dim >= 16, got "
+                              f"Dh={head_dim}")
+  if not common.is_pow2(g):
+    raise NotImplementedError(f"GPU tree attention needs a power-of-two GQA group H/K, got "
+                              f"{h}/{kv_heads}={g}")
+  t_pad = common.next_pow2(max(t, common.TRITON_MIN_DOT))
+  rows = g * t_pad
+  block_r = min(rows, DEFAULT_BLOCK_R) if block_r is None else block_r
+  block_s = DEFAULT_BLOCK_S if block_s is None else block_s
+  common.validate_pow2("block_r", block_r, common.TRITON_MIN_DOT)
+  common.validate_pow2("block_s", block_s, common.TRITON_MIN_DOT)
+  if rows % block_r:
+    raise common.BlockSizeError(f"block_r = {block_r} must divide the folded rows "
+                                f"G*Tp = {rows}")
+  return t_pad, block_r, block_s
+
+
+def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref, *, block_s,
+            scale):
+  length = len_ref[()]
+  q_RxDh = q_ref[...]
+  block_r, dh = q_RxDh.shape
+
+  def update(carry, s_RxN, vis, v_NxDh):
+    m_prev, l_prev, acc = carry
+    s_RxN = jnp.where(vis, s_RxN * scale, _MASKED)
+    m_new = jnp.maximum(m_prev, jnp.max(s_RxN, axis=1))
+    p_RxN = jnp.where(vis, jnp.exp(s_RxN - m_new[:, None]), 0.0)
+    alpha = jnp.exp(m_prev - m_new)
+    l_new = alpha * l_prev + jnp.sum(p_RxN, axis=1)
+    pv = jnp.dot(p_RxN.astype(v_NxDh.dtype), v_NxDh, preferred_element_type=jnp.float32)
+    return m_new, l_new, alpha[:, None] * acc + pv
+
+  def cache_block(i, carry):
+    slot_N = i * block_s + jnp.arange(block_s)
+    live_N = slot_N < length
+    # Masked loads: the ragged last block may run past S, and slots past cache_len may hold
+    # NaN (0 * NaN = NaN even with p = 0), so both read as 0.
+    k = pl_triton.load(kc_ref.at[pl.ds(i * block_s, block_s), :], mask=live_N[:, None],
+                       other=0.0)
+    v = pl_triton.load(vc_ref.at[pl.ds(i * block_s, block_s), :], mask=live_N[:, None],
+                       other=0.0)
+    s = jnp.dot(q_RxDh, k.T, preferred_element_type=jnp.float32)
+    return update(carry, s, live_N[None, :], v)
+
+  carry = (jnp.full((block_r,), _MASKED, jnp.float32), jnp.zeros((block_r,), jnp.float32),
+           jnp.zeros((block_r, dh), jnp.float32))
+  carry = lax.fori_loop(0, pl.cdiv(length, block_s), cache_block, carry)
+  s_tree = jnp.dot(q_RxDh, kn_ref[...].T, preferred_element_type=jnp.float32)
+  _, l, acc = update(carry, s_tree, mask_ref[...] != 0, vn_ref[...])
+  inv = jnp.where(l > 0, 1.0 / l, 0.0)  # nothing visible -> output 0
+  o_ref[...] = (acc * inv[:, None]).astype(o_ref.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("block_s", "block_r", "interpret"))
+def tree_attention_gpu(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
+                       k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, *,
+                       block_s: int | None = None, block_r: int | None = None,
+                       interpret: bool = False):
+  """Triton kernel entry point; same contract as tree_attention_reference."""
+  b, t, h, dh = q_BxTxHxDh.shape
+  s, kv = k_cache_BxSxKxDh.shape[1:3]
+  g = h // kv
+  t_pad, block_r, block_s = plan(t, h, kv, dh, block_s, block_r)
+  rows = g * t_pad
+  cache_dtype = k_cache_BxSxKxDh.dtype
+
+  q_BxKxRxDh = layout.fold_queries(q_BxTxHxDh, kv, t_pad)
+  kn_BxKxTpxDh = layout.block_keys(k_new_BxTxKxDh, t_pad, cache_dtype)
+  vn_BxKxTpxDh = layout.block_keys(v_new_BxTxKxDh, t_pad, cache_dtype)
+  mask_BxRxTp = layout.row_mask(block_mask_BxTxT, g, t_pad, t_pad)
+  lens_B = layout.clamp_len(cache_len_B, s)
+
+  rows_block = pl.BlockSpec((None, None, block_r, dh), lambda bi, ki, ri: (bi, ki, ri, 0))
+  tree_block = pl.BlockSpec((None, None, t_pad, dh), lambda bi, ki, ri: (bi, ki, 0, 0))
+  # Whole cache of one kv head per program; the kernel slices it block by block.
+  cache_spec = pl.BlockSpec((None, s, dh), lambda bi, ki, ri: (bi, 0, ki))
+  out = pl.pallas_call(
+      functools.partial(_kernel, block_s=block_s, scale=1.0 / math.sqrt(dh)),
+      grid=(b, kv, rows // block_r),
+      in_specs=[pl.BlockSpec((None,), lambda bi, ki, ri: (bi,)), rows_block, cache_spec,
+                cache_spec, tree_block, tree_block,
+                pl.BlockSpec((None, block_r, t_pad), lambda bi, ki, ri: (bi, ri, 0))],
+      out_specs=rows_block,
+      out_shape=jax.ShapeDtypeStruct(q_BxKxRxDh.shape, q_BxTxHxDh.dtype),
+      compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
+      interpret=interpret,
+      name="tree_attention_gpu",
+  )(lens_B, q_BxKxRxDh, layout.cache_lanes(k_cache_BxSxKxDh),
+    layout.cache_lanes(v_cache_BxSxKxDh), kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp)
+  return layout.unfold(out, t, t_pad)
