@@ -1,0 +1,58 @@
+"""Registry of jaxtok's Pallas kernels and the shapes the compile gate builds them at.
+
+Each entry names a kernel, its per-target entry points ("tpu": Mosaic, "gpu": Triton) and the
+representative cases (decode, tree verification, chunked prefill; short and long caches;
+Dh 64/128; GQA groups). `kernels/check.py` compiles every case for every target, no device.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  label: str                                   # e.g. "tree B2 T64 H8/K2 S1024 Dh128"
+  args: tuple[tuple[tuple[int, ...], str], ...]  # (shape, dtype name) per positional argument
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+  name: str
+  entry: Callable[[str], Callable]  # target family ("tpu" | "gpu") -> jittable kernel function
+  cases: Callable[[list[str]], list[Case]]  # dtype names -> cases
+
+
+def _tree_attention_entry(family: str):
+  from jaxtok_kernels.tree_attention import tree_attention_gpu, tree_attention_tpu
+  return {"tpu": tree_attention_tpu, "gpu": tree_attention_gpu}[family]
+
+
+# (label, B, T, H, K, S, Dh): decode, tree verification, chunked prefill; GQA groups 1/4/8.
+_TREE_SHAPES = [
+    ("decode", 8, 1, 32, 8, 4096, 128),
+    ("decode", 4, 1, 8, 8, 1024, 64),
+    ("tree", 2, 64, 8, 2, 1024, 128),
+    ("tree", 2, 64, 16, 2, 4096, 64),
+    ("tree", 1, 128, 32, 8, 4096, 128),
+    ("prefill", 1, 128, 8, 8, 4096, 64),
+]
+
+
+def _tree_attention_cases(dtypes: list[str]) -> list[Case]:
+  cases = []
+  for label, b, t, h, k, s, dh in _TREE_SHAPES:
+    for dt in dtypes:
+      args = (((b, t, h, dh), dt), ((b, s, k, dh), dt), ((b, s, k, dh), dt), ((b,), "int32"),
+              ((b, t, k, dh), dt), ((b, t, k, dh), dt), ((b, t, t), "bool"))
+      cases.append(Case(f"{label} B{b} T{t} H{h}/K{k} S{s} Dh{dh}", args))
+  return cases
+
+
+KERNELS = [KernelSpec("tree_attention", _tree_attention_entry, _tree_attention_cases)]
+
+
+def dtype(name: str):
+  return jnp.dtype(name)
