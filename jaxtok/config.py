@@ -64,34 +64,36 @@ def _parse_value(text: str, tp: Any, field: str) -> Any:
   raise ConfigError(f"{field}: cannot override a field of type {tp}")
 
 
-def override(cfg: T, assignment: str) -> T:
-  """Returns ``cfg`` with one ``a.b.c=value`` assignment applied (validated on rebuild)."""
-  if "=" not in assignment:
-    raise ConfigError(f"--set expects key=value, got {assignment!r}")
-  key, text = assignment.split("=", 1)
-  path = key.strip().split(".")
-
-  def apply(node: Any, names: list[str], prefix: str) -> Any:
-    hints = typing.get_type_hints(type(node))
-    fields = {f.name for f in dataclasses.fields(node)}
-    name = names[0]
-    full = f"{prefix}{name}"
+def _apply(node: Any, assignments: list[tuple[list[str], str]], prefix: str) -> Any:
+  hints = typing.get_type_hints(type(node))
+  fields = {f.name for f in dataclasses.fields(node)}
+  direct: dict[str, Any] = {}
+  nested: dict[str, list[tuple[list[str], str]]] = {}
+  for names, text in assignments:
+    name, full = names[0], f"{prefix}{names[0]}"
     if name not in fields:
       raise ConfigError(f"unknown config key {full!r}; valid keys here: {sorted(fields)}")
     if len(names) == 1:
-      return dataclasses.replace(node, **{name: _parse_value(text, hints[name], full)})
-    child = getattr(node, name)
-    if not dataclasses.is_dataclass(child):
+      direct[name] = _parse_value(text, hints[name], full)
+    elif not dataclasses.is_dataclass(getattr(node, name)):
       raise ConfigError(f"{full!r} is a value, not a config section")
-    return dataclasses.replace(node, **{name: apply(child, names[1:], full + ".")})
-
-  return apply(cfg, path, "")
+    else:
+      nested.setdefault(name, []).append((names[1:], text))
+  for name, sub in nested.items():
+    direct[name] = _apply(getattr(node, name), sub, f"{prefix}{name}.")
+  # One rebuild per section, so cross-field checks see all new values at once.
+  return dataclasses.replace(node, **direct) if direct else node
 
 
 def apply_overrides(cfg: T, assignments: list[str] | tuple[str, ...]) -> T:
+  """Returns ``cfg`` with ``a.b.c=value`` assignments applied, then validated."""
+  parsed = []
   for a in assignments:
-    cfg = override(cfg, a)
-  return cfg
+    if "=" not in a:
+      raise ConfigError(f"--set expects key=value, got {a!r}")
+    key, text = a.split("=", 1)
+    parsed.append((key.strip().split("."), text.strip()))
+  return _apply(cfg, parsed, "")
 
 
 def to_dict(cfg: Any) -> dict:
