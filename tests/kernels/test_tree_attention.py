@@ -1,0 +1,167 @@
+"""Tree attention over a KV cache: kernels (interpret mode) vs the jnp reference, and invariants.
+
+Interpret-mode compiles dominate the run time (~2 s each on 2 cores), so most tests share one
+"standard" shape: B=5, T=5 (not a multiple of 8), H=4/K=2 (GQA), S=40 with block_s=16 (a ragged
+last block). cache_len is a traced argument, so varying it costs no recompile.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxtok_kernels
+from jaxtok.nn import attention as jaxtok_attention
+from jaxtok_kernels import common
+from jaxtok_kernels.tree_attention import ops
+from jaxtok_kernels.tree_attention.gpu import tree_attention_gpu
+from jaxtok_kernels.tree_attention.reference import tree_attention_reference as _reference
+from jaxtok_kernels.tree_attention.tpu import tree_attention_tpu
+
+STD = dict(b=5, t=5, h=4, k=2, s=40, dh=16)
+BLOCK_S = 16
+# Jitted once per shape: eager dispatch of the dense reference costs seconds on 2 cores.
+tree_attention_reference = jax.jit(_reference)
+
+
+def assert_close(out, ref, dtype, reduction):
+  tol = common.tolerance(dtype, reduction)
+  err = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32))))
+  assert err <= tol, f"max |kernel - reference| = {err} > {tol}"
+
+
+class KernelVsReference:
+  """Base class: one Pallas implementation (interpret mode) against the jnp reference."""
+
+  kernel = None  # set by subclasses: fn(*args, block_s=..., interpret=True)
+
+  def run(self, args):
+    return type(self).kernel(*args, block_s=BLOCK_S, interpret=True)
+
+  @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+  def test_standard_shape_ragged_lengths(self, make_inputs, dtype):
+    args = make_inputs(**STD, dtype=dtype, seed=1)  # cache_len per batch row random in [0, S]
+    assert_close(self.run(args), tree_attention_reference(*args), dtype, STD["s"] + STD["t"])
+
+  def test_cache_len_edges(self, make_inputs):
+    # 0 (tree only), 1, block - 1, block, capacity: one batch row each.
+    lens = [0, 1, BLOCK_S - 1, BLOCK_S, STD["s"]]
+    args = make_inputs(**STD, seed=2, lens=lens)
+    assert_close(self.run(args), tree_attention_reference(*args), jnp.float32, STD["s"])
+
+  def test_nothing_visible_gives_zero(self, make_inputs):
+    args = list(make_inputs(**STD, seed=3, lens=[0] * STD["b"]))
+    args[6] = jnp.zeros_like(args[6])
+    np.testing.assert_array_equal(np.asarray(self.run(args)), 0.0)
+
+  def test_nan_past_cache_len_is_ignored(self, make_inputs):
+    # Slots >= cache_len are garbage (here NaN): p = 0 there must not turn into 0 * NaN.
+    q, kc, vc, lens, kn, vn, mask = make_inputs(**STD, seed=4, lens=[3, 17, 20, 33, 39])
+    dead = jnp.arange(STD["s"])[None, :, None, None] >= lens[:, None, None, None]
+    kc, vc = jnp.where(dead, jnp.nan, kc), jnp.where(dead, jnp.nan, vc)
+    out = self.run((q, kc, vc, lens, kn, vn, mask))
+    assert bool(jnp.all(jnp.isfinite(out)))
+    clean = make_inputs(**STD, seed=4, lens=[3, 17, 20, 33, 39])
+    assert_close(out, tree_attention_reference(*clean), jnp.float32, STD["s"])
+
+  def test_non_ancestor_change_is_bit_identical(self, make_inputs):
+    q, kc, vc, lens, kn, vn, _ = make_inputs(**STD, seed=5)
+    # Tree: 0 is the root; 1, 2 children of 0; 3 child of 1; 4 child of 2.
+    parent = [0, 0, 0, 1, 2]
+    anc = np.eye(5, dtype=bool)
+    for i in range(1, 5):
+      anc[i] |= anc[parent[i]]
+    mask = jnp.broadcast_to(jnp.asarray(anc), (STD["b"], 5, 5))
+    out = self.run((q, kc, vc, lens, kn, vn, mask))
+    # Node 4's ancestors are {0, 2, 4}; perturb node 3 (a non-ancestor) only.
+    kn2, vn2 = kn.at[:, 3].add(7.0), vn.at[:, 3].add(-3.0)
+    out2 = self.run((q, kc, vc, lens, kn2, vn2, mask))
+    np.testing.assert_array_equal(np.asarray(out[:, 4]), np.asarray(out2[:, 4]))
+    np.testing.assert_array_equal(np.asarray(out[:, 2]), np.asarray(out2[:, 2]))
+    assert not np.array_equal(np.asarray(out[:, 3]), np.asarray(out2[:, 3]))
+
+  def test_chain_tree_is_causal_attention(self, make_inputs):
+    # A chain tree (causal block mask) over a cache holding the first P tokens must equal
+    # causal attention over the concatenated P + T sequence (chunked prefill).
+    p = 13
+    q, kc, vc, _, kn, vn, _ = make_inputs(**STD, seed=6)
+    lens = jnp.full((STD["b"],), p, jnp.int32)
+    mask = jnp.broadcast_to(jnp.tril(jnp.ones((5, 5), bool)), (STD["b"], 5, 5))
+    out = self.run((q, kc, vc, lens, kn, vn, mask))
+    k_seq = jnp.concatenate([kc[:, :p], kn], axis=1)
+    v_seq = jnp.concatenate([vc[:, :p], vn], axis=1)
+    q_seq = jnp.concatenate([jnp.zeros((STD["b"], p) + q.shape[2:], q.dtype), q], axis=1)
+    causal = jnp.broadcast_to(jnp.tril(jnp.ones((p + 5, p + 5), bool)), (STD["b"], p + 5, p + 5))
+    full = jaxtok_attention.attention(q_seq, k_seq, v_seq, causal)[:, p:]
+    assert_close(out, full, jnp.float32, p + 5)
+
+
+class TestTpuKernelInterpret(KernelVsReference):
+  kernel = staticmethod(tree_attention_tpu)
+
+  @pytest.mark.parametrize("shape,dtype", [
+      (dict(b=3, t=1, h=3, k=1, s=37, dh=32), jnp.float32),     # decode, G=3, S % block != 0
+      (dict(b=2, t=9, h=6, k=3, s=50, dh=16), jnp.bfloat16),    # T > 8, K=3 (kh = K)
+  ])
+  def test_random_shapes(self, make_inputs, shape, dtype):
+    args = make_inputs(**shape, dtype=dtype, seed=7)
+    assert_close(self.run(args), tree_attention_reference(*args), dtype, shape["s"] + shape["t"])
+
+
+class TestGpuKernelInterpret(KernelVsReference):
+  kernel = staticmethod(tree_attention_gpu)
+
+
+# --- the reference on hand-worked cases --------------------------------------------------------
+
+def _one(x):
+  return jnp.asarray(x, jnp.float32)
+
+
+def test_reference_hand_worked_single_head():
+  # Dh = 1, so scale = 1/sqrt(1) = 1. q = 1; cache keys 1, 2 (values 10, 20); new key 0 (value 30).
+  q = _one([[[[1.0]]]])
+  kc, vc = _one([[[[1.0]], [[2.0]]]]), _one([[[[10.0]], [[20.0]]]])
+  kn, vn = _one([[[[0.0]]]]), _one([[[[30.0]]]])
+  mask = jnp.ones((1, 1, 1), bool)
+  e = math.e
+  # Both slots visible: scores (1, 2, 0) -> out = (10 e + 20 e^2 + 30) / (e + e^2 + 1) ~ 17.96.
+  out = tree_attention_reference(q, kc, vc, jnp.array([2]), kn, vn, mask)
+  np.testing.assert_allclose(float(out[0, 0, 0, 0]), (10 * e + 20 * e**2 + 30) / (e + e**2 + 1),
+                             rtol=1e-6)
+  # cache_len = 1 hides slot 1: scores (1, 0) -> (10 e + 30) / (e + 1) ~ 15.38.
+  out = tree_attention_reference(q, kc, vc, jnp.array([1]), kn, vn, mask)
+  np.testing.assert_allclose(float(out[0, 0, 0, 0]), (10 * e + 30) / (e + 1), rtol=1e-6)
+  # Nothing visible (cache_len 0, node masked out): the row is 0, not an average.
+  out = tree_attention_reference(q, kc, vc, jnp.array([0]), kn, vn, ~mask)
+  assert float(out[0, 0, 0, 0]) == 0.0
+
+
+def test_reference_hand_worked_gqa():
+  # H = 2 query heads share K = 1 kv head; Dh = 4, scale = 1/2. One cache slot k = (2,0,0,0),
+  # v = 1; the new node k = 0, v = 3.
+  q = _one([[[[2, 0, 0, 0], [0, 0, 0, 0]]]])
+  kc, vc = _one([[[[2, 0, 0, 0]]]]), jnp.ones((1, 1, 1, 4))
+  kn, vn = jnp.zeros((1, 1, 1, 4)), jnp.full((1, 1, 1, 4), 3.0)
+  out = tree_attention_reference(q, kc, vc, jnp.array([1]), kn, vn, jnp.ones((1, 1, 1), bool))
+  e2 = math.e**2
+  # head 0: scores (2*2/2, 0) = (2, 0) -> (e^2 * 1 + 1 * 3) / (e^2 + 1) ~ 1.238
+  np.testing.assert_allclose(np.asarray(out[0, 0, 0]), (e2 + 3) / (e2 + 1), rtol=1e-6)
+  # head 1: scores (0, 0) -> uniform: (1 + 3) / 2 = 2
+  np.testing.assert_allclose(np.asarray(out[0, 0, 1]), 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_reference_matches_jaxtok(make_inputs, dtype):
+  args = make_inputs(b=3, t=6, h=6, k=2, s=23, dh=8, dtype=dtype, seed=8)
+  np.testing.assert_array_equal(
+      np.asarray(tree_attention_reference(*args).astype(jnp.float32)),
+      np.asarray(jax.jit(jaxtok_attention.cached_attention_reference)(*args).astype(jnp.float32)))
+
+
+def test_model_cached_attention_uses_dispatcher(make_inputs):
+  args = make_inputs(b=2, t=3, h=4, k=2, s=11, dh=8, seed=9)
+  np.testing.assert_allclose(np.asarray(jax.jit(jaxtok_attention.cached_attention)(*args)),
+                             np.asarray(tree_attention_reference(*args)),
+                             atol=1e-6)
