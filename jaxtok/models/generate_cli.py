@@ -1,0 +1,182 @@
+"""``jaxtok generate``: text generation from a pretrained checkpoint.
+
+One prompt streams: a jitted prefill, then a Python loop over one jitted ``decode_step`` + sample
+(fixed cache capacity and shapes, so the step compiles once), printing text as it is decoded.
+Several prompts run as one right-padded batch through ``jaxtok.decode.generate`` (the on-device
+``while_loop``) and print when done.
+
+  jaxtok generate --model smollm2-135m --prompt "The capital of France is"
+  jaxtok generate --model smollm2-135m --chat --prompt "Write a haiku about rain" --temperature 0.7
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+_BUCKET = 64  # prompt lengths and cache capacities are rounded up to this (fewer compiles)
+
+
+def _round_up(n: int, m: int) -> int:
+  return -(-n // m) * m
+
+
+def plan_capacity(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int,
+                  capacity: int | None = None, truncate: bool = False) -> tuple[int, int]:
+  """Returns (cache capacity, longest prompt kept); raises if the prompt does not fit."""
+  limit = min(capacity or max_len, max_len)
+  longest = max(prompt_lens)
+  if max_new_tokens >= limit:
+    raise ValueError(f"max_new_tokens={max_new_tokens} does not fit the KV-cache capacity {limit}")
+  if longest + max_new_tokens > limit:
+    if not truncate:
+      raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the "
+                       f"KV-cache capacity {limit}; shorten the prompt, lower --max-new-tokens, or "
+                       "pass --truncate to keep only the prompt's last tokens")
+    longest = limit - max_new_tokens
+  cap = capacity or min(_round_up(longest + max_new_tokens, 256), max_len)
+  return cap, longest
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(graphdef, cfg, sampling):
+  import jax
+
+  from jaxtok import decode
+
+  @jax.jit
+  def prefill(params, cache, prompt_BxT, prompt_len_B):
+    return decode.prefill(graphdef, params, cache, prompt_BxT, prompt_len_B)
+
+  @functools.partial(jax.jit, donate_argnums=(1,))
+  def step(params, cache, logits_BxV, key):
+    key, sub = jax.random.split(key)
+    token_B = decode.sample(logits_BxV, sub, sampling)
+    logits_BxV, cache = decode.decode_step(graphdef, params, cache, token_B)
+    return token_B, logits_BxV, cache, key
+
+  return prefill, step
+
+
+def stream_tokens(graphdef, params, prompt_ids: Sequence[int], *, max_new_tokens: int,
+                  sampling, key, capacity: int, stop_ids: Sequence[int] = ()) -> Iterator[int]:
+  """Yields generated token ids one at a time (batch 1), stopping after a stop id."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from jaxtok.cache import init_cache
+
+  cfg = nnx.merge(graphdef, params).cfg
+  prefill, step = _compiled(graphdef, cfg, sampling)
+  t = len(prompt_ids)
+  padded = np.zeros((1, min(_round_up(t, _BUCKET), capacity - max_new_tokens)), np.int32)
+  padded[0, :t] = prompt_ids
+  cache = init_cache(cfg, 1, capacity)
+  logits_BxV, cache = prefill(params, cache, jnp.asarray(padded), jnp.array([t], jnp.int32))
+  for _ in range(max_new_tokens):
+    token_B, logits_BxV, cache, key = step(params, cache, logits_BxV, key)
+    token = int(token_B[0])
+    yield token
+    if token in stop_ids:
+      return
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="jaxtok generate", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="smollm2-135m", help="registered name, .gguf file or HF dir")
+  p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+  p.add_argument("--max-new-tokens", type=int, default=64)
+  p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  p.add_argument("--top-k", type=int, default=0)
+  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
+  p.add_argument("--system", default=None, help="system message for --chat")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--capacity", type=int, default=None, help="KV-cache slots (default: fitted)")
+  p.add_argument("--truncate", action="store_true",
+                 help="keep the last tokens of a prompt that does not fit instead of failing")
+  p.add_argument("--no-stream", action="store_true", help="batch path even for one prompt")
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    return _run(args)
+  except (ValueError, ModuleNotFoundError, FileNotFoundError) as e:
+    print(f"jaxtok generate: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _run(args) -> int:
+  import jax
+  import jax.numpy as jnp
+
+  from jaxtok import decode
+  from jaxtok.models import load
+
+  sampling = decode.Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+  if args.max_new_tokens <= 0:
+    raise ValueError(f"--max-new-tokens: expected > 0, got {args.max_new_tokens}")
+  start = time.time()
+  model = load(args.model, dtype=args.dtype)
+  tok = model.tokenizer
+  if tok is None:
+    raise ValueError(f"--model {args.model}: no tokenizer found next to the weights")
+  texts = list(args.prompt)
+  if args.chat:
+    msgs = [[{"role": "system", "content": args.system}] if args.system else [] for _ in texts]
+    texts = [tok.apply_chat_template(m + [{"role": "user", "content": t}]) for m, t in
+             zip(msgs, texts)]
+  ids = [tok.encode(t) for t in texts]
+  if min(len(i) for i in ids) == 0:
+    raise ValueError("--prompt: an empty prompt has no tokens to condition on")
+  cap, keep = plan_capacity([len(i) for i in ids], args.max_new_tokens, model.cfg.max_len,
+                            args.capacity, args.truncate)
+  ids = [i[-keep:] for i in ids]
+  print(f"[loaded {model.source.name} in {time.time() - start:.1f}s; {model.cfg.n_layers} layers, "
+        f"d={model.cfg.d_model}, {args.dtype}; cache {cap}]", file=sys.stderr)
+  key = jax.random.key(args.seed)
+  stop = [i for i in (tok.eos_id, tok.tokenizer.token_to_id("<|endoftext|>")) if i is not None]
+  if len(ids) == 1 and not args.no_stream:
+    sys.stdout.write(texts[0])
+    sys.stdout.flush()
+    out: list[int] = []
+    shown = 0
+    t0 = time.time()
+    for token in stream_tokens(model.graphdef, model.params, ids[0],
+                               max_new_tokens=args.max_new_tokens, sampling=sampling, key=key,
+                               capacity=cap, stop_ids=stop):
+      out.append(token)
+      text = tok.decode(out, skip_special_tokens=True)
+      if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+        sys.stdout.write(text[shown:])
+        sys.stdout.flush()
+        shown = len(text)
+    dt = time.time() - t0
+    print(f"\n[{len(out)} tokens in {dt:.1f}s incl. compile]", file=sys.stderr)
+    return 0
+  t = max(len(i) for i in ids)
+  prompt_BxT = np.zeros((len(ids), _round_up(t, _BUCKET)), np.int32)
+  for b, i in enumerate(ids):
+    prompt_BxT[b, :len(i)] = i
+  prompt_BxT = prompt_BxT[:, :cap - args.max_new_tokens]
+  out_BxN, n_B = decode.generate(model.graphdef, model.params, jnp.asarray(prompt_BxT),
+                                 jnp.array([len(i) for i in ids], jnp.int32),
+                                 max_new_tokens=args.max_new_tokens, sampling=sampling, key=key,
+                                 capacity=cap, eos_id=tok.eos_id)
+  out_BxN, n_B = np.asarray(out_BxN), np.asarray(n_B)
+  for b, text in enumerate(texts):
+    gen = tok.decode(out_BxN[b, :n_B[b]], skip_special_tokens=True)
+    print(f"--- [{b}] ---\n{text}{gen}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
