@@ -1,0 +1,134 @@
+"""Dispatcher choice and fallback, input validation and block-size rules of tree attention."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxtok_kernels
+from jaxtok_kernels import common
+from jaxtok_kernels.tree_attention import gpu, ops, tpu
+from jaxtok_kernels.tree_attention.reference import tree_attention_reference
+
+SMALL = dict(b=2, t=3, h=4, k=2, s=11, dh=8)
+
+
+def test_xla_and_default_on_cpu_are_the_reference(make_inputs):
+  args = make_inputs(**SMALL, seed=0)
+  ref = np.asarray(tree_attention_reference(*args))
+  np.testing.assert_array_equal(np.asarray(jaxtok_kernels.tree_attention(*args)), ref)
+  np.testing.assert_array_equal(
+      np.asarray(jaxtok_kernels.tree_attention(*args, implementation="xla")), ref)
+
+
+def test_pallas_on_cpu_runs_the_kernel_in_interpret_mode(make_inputs, monkeypatch):
+  args = make_inputs(**SMALL, seed=1)
+  calls = []
+  real = ops.tree_attention_tpu
+
+  def spy(*a, **kw):
+    calls.append(kw)
+    return real(*a, **kw)
+
+  monkeypatch.setattr(ops, "tree_attention_tpu", spy)
+  out = jaxtok_kernels.tree_attention(*args, implementation="pallas", block_s=8)
+  assert calls and calls[0]["interpret"] is True
+  np.testing.assert_allclose(np.asarray(out), np.asarray(tree_attention_reference(*args)),
+                             atol=common.tolerance(jnp.float32, 14))
+
+
+def test_not_implemented_falls_back_to_reference(make_inputs, monkeypatch):
+  args = make_inputs(**SMALL, seed=2)
+
+  def unsupported(*a, **kw):
+    raise NotImplementedError("shape the kernel cannot tile")
+
+  monkeypatch.setattr(ops, "tree_attention_tpu", unsupported)
+  out = jaxtok_kernels.tree_attention(*args, implementation="pallas")
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(tree_attention_reference(*args)))
+
+
+def test_gpu_plan_rejects_untileable_shapes():
+  with pytest.raises(NotImplementedError, match="head dim"):
+    gpu.plan(t=4, h=4, kv_heads=2, head_dim=96, block_s=None, block_r=None)
+  with pytest.raises(NotImplementedError, match="group"):
+    gpu.plan(t=4, h=6, kv_heads=2, head_dim=64, block_s=None, block_r=None)
+  assert gpu.plan(t=5, h=8, kv_heads=2, head_dim=64, block_s=None, block_r=None) == (16, 64, 64)
+
+
+def test_unknown_implementation():
+  with pytest.raises(ValueError, match="implementation"):
+    jaxtok_kernels.tree_attention(*([jnp.zeros(1)] * 7), implementation="cuda")
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda a: a.__setitem__(slice(1, 3), [jnp.zeros((2, 11, 3, 8))] * 2),
+     "H=4 must be a multiple of the kv heads K=3"),
+    (lambda a: a.__setitem__(0, a[0][:, :, :3]), "multiple of the kv heads"),
+    (lambda a: a.__setitem__(2, a[2][:, :5]), "v_cache_BxSxKxDh"),
+    (lambda a: a.__setitem__(4, a[4][:, :2]), r"k_new_BxTxKxDh must have shape \[B, T, K, Dh\]"),
+    (lambda a: a.__setitem__(6, a[6][:, :2]), r"block_mask_BxTxT must have shape \[B, T, T\]"),
+    (lambda a: a.__setitem__(3, jnp.array([1, 12], jnp.int32)), r"cache_len_B must lie in \[0, S=11\]"),
+    (lambda a: a.__setitem__(3, jnp.array([-1, 0], jnp.int32)), "cache_len_B"),
+    (lambda a: a.__setitem__(3, jnp.array([1], jnp.int32)), r"cache_len_B must have shape \[B\]"),
+])
+def test_bad_input_names_the_argument(make_inputs, change, match):
+  args = list(make_inputs(**SMALL, seed=3))
+  change(args)
+  with pytest.raises(ValueError, match=match):
+    jaxtok_kernels.tree_attention(*args, implementation="pallas")
+
+
+def test_mask_broadcasts_from_TxT(make_inputs):
+  q, kc, vc, lens, kn, vn, mask = make_inputs(**SMALL, seed=4)
+  causal = jnp.tril(jnp.ones((3, 3), bool))
+  np.testing.assert_array_equal(
+      np.asarray(jaxtok_kernels.tree_attention(q, kc, vc, lens, kn, vn, causal)),
+      np.asarray(tree_attention_reference(q, kc, vc, lens, kn, vn,
+                                          jnp.broadcast_to(causal, (2, 3, 3)))))
+
+
+def test_tpu_block_size_validation():
+  common.validate_tpu_block("ok", (16, 128), (40, 256))
+  common.validate_tpu_block("full dims", (40, 96), (40, 96))
+  with pytest.raises(common.BlockSizeError, match="multiple of 8"):
+    common.validate_tpu_block("rows", (12, 128), (40, 256))
+  with pytest.raises(common.BlockSizeError, match="multiple of 128"):
+    common.validate_tpu_block("lanes", (16, 64), (40, 256))
+  with pytest.raises(common.BlockSizeError, match=r"must be in \[1, 40\]"):
+    common.validate_tpu_block("too big", (48, 128), (40, 128))
+  with pytest.raises(common.BlockSizeError, match="block_s"):
+    tpu.plan(t=3, s=40, kv_heads=2, head_dim=64, block_s=12)
+  # Dh = 64 with K = 2: two kv heads per program make the 128-lane block legal.
+  assert tpu.plan(t=3, s=40, kv_heads=2, head_dim=64, block_s=16) == (8, 2, 16, 3)
+  assert tpu.plan(t=9, s=4096, kv_heads=8, head_dim=128, block_s=None) == (16, 1, 512, 8)
+
+
+def test_triton_block_size_validation():
+  with pytest.raises(common.BlockSizeError, match="power of two"):
+    common.validate_pow2("block_s", 48, 16)
+  with pytest.raises(common.BlockSizeError, match=">= 16"):
+    gpu.plan(t=4, h=4, kv_heads=2, head_dim=64, block_s=8, block_r=None)
+
+
+def test_tolerance_scales_with_reduction():
+  assert common.tolerance(jnp.float32) == 1e-5
+  assert common.tolerance(jnp.bfloat16, 128) == 2e-2
+  assert common.tolerance(jnp.float32, 512) == pytest.approx(2e-5)
+
+
+def test_padding_helpers():
+  x = jnp.ones((2, 3))
+  assert common.pad_axis(x, 1, 8).shape == (2, 8)
+  assert float(common.pad_axis(x, 1, 8)[0, 5]) == 0.0
+  assert (common.cdiv(17, 8), common.round_up(17, 8), common.next_pow2(17)) == (3, 24, 32)
+
+
+def test_compile_gate_when_side_folders_exist():
+  side = os.environ.get("JAXTOK_COMPILE_SIDE")
+  if not side or not os.path.isdir(os.path.join(side, "tpu")):
+    pytest.skip("set JAXTOK_COMPILE_SIDE to a folder with tpu/ and cuda/ side installs "
+                "(.ci/compile_kernels.sh creates it) to run the TPU/H100 compile gate")
+  from jaxtok_kernels import check
+  assert check.main(["--targets", "tpu-v5e,h100", "--side", side]) == 0
