@@ -6,12 +6,15 @@ at or beyond it are scratch. Keys are stored post-RoPE, with their absolute posi
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Float, Int
 
-from jaxtok.nn.config import ModelConfig
+if TYPE_CHECKING:  # jaxtok.nn imports this module
+  from jaxtok.nn.config import ModelConfig
 
 
 @struct.dataclass

@@ -7,6 +7,7 @@ raises and names the fields; a missing or unreadable checkpoint raises ``Checkpo
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_mismatch(saved: dict, current: dict) -> list[str]:
-  a, b = _flatten(saved), _flatten(current)
+  # Compare in JSON form: the saved copy has lists where the live config has tuples.
+  a, b = _flatten(saved), _flatten(json.loads(json.dumps(current)))
   out = []
   for key in sorted(set(a) | set(b)):
     if any(key.startswith(f) for f in RESUMABLE_FIELDS):

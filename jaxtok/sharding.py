@@ -36,7 +36,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MeshConfig:
-  data: int = -1  # -1: all devices not used by the other axes
+  data: int = -1  # -1: all devices not used by the other axes; fixed sizes may use fewer
   fsdp: int = 1
   tensor: int = 1
 
@@ -55,7 +55,7 @@ class MeshConfig:
         raise ValueError(f"mesh: {n_devices} devices do not divide by the fixed axes "
                          f"{dataclasses.asdict(self)}")
       sizes = [n_devices // fixed if s == -1 else s for s in sizes]
-    if math.prod(sizes) != n_devices:
+    if math.prod(sizes) > n_devices:
       raise ValueError(f"mesh: axes {dict(zip(MESH_AXES, sizes))} need {math.prod(sizes)} "
                        f"devices, {n_devices} are available")
     return tuple(sizes)
@@ -64,6 +64,8 @@ class MeshConfig:
 def make_mesh(cfg: MeshConfig, devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   shape = cfg.shape(len(devices))
+  # An explicit smaller mesh uses the first devices (e.g. mesh.data=1 on a multi-device host).
+  devices = list(devices)[:math.prod(shape)]
   # Auto axes: XLA propagates activation shardings from the parameter and batch layouts.
   return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
                            axis_types=(AxisType.Auto,) * 3)

@@ -40,8 +40,9 @@ class Setup:
   batch_sharding: NamedSharding
 
 
-def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig) -> Setup:
-  mesh = make_mesh(mesh_cfg)
+def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig,
+          devices=None) -> Setup:
+  mesh = make_mesh(mesh_cfg, devices)
   graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: init_model(model_cfg)))
   p_shardings = param_shardings(abstract_params, mesh)
   tx = make_optimizer(train_cfg)
@@ -114,6 +115,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   s = setup(model_cfg, train_cfg, mesh_cfg)
+  shards = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
+  if batch_size % shards:
+    raise ValueError(f"data.batch_size={batch_size} must divide by the data x fsdp mesh size "
+                     f"{shards}")
   dataset = lm_batches(train_source, batch_size, seed=train_cfg.seed,
                        process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = iter(dataset.to_iter_dataset())

@@ -58,7 +58,7 @@ def train_step(graphdef, tx: optax.GradientTransformation, state: TrainState, ba
   loss, grads = jax.value_and_grad(functools.partial(_mean_loss, graphdef))(state.params, batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -1,0 +1,68 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtok.decode import Sampling, generate, sample
+from jaxtok.nn import ModelConfig, default_positions, forward, init_model
+
+CFG = ModelConfig(vocab_size=41, d_model=32, n_layers=2, n_heads=4, n_kv_heads=1, d_ff=48,
+                  max_len=48)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return nnx.split(init_model(CFG, seed=3))
+
+
+def _greedy_uncached(g, p, prompt, n):
+  seq = jnp.asarray(prompt)[None]
+  for _ in range(n):
+    logits, _ = forward(g, p, seq, default_positions(1, seq.shape[1]))
+    seq = jnp.concatenate([seq, jnp.argmax(logits[:, -1:], -1)], 1)
+  return np.asarray(seq[0, len(prompt):])
+
+
+def test_greedy_generation_equals_uncached_argmax_for_ragged_batch(model):
+  g, p = model
+  prompts = jax.random.randint(jax.random.key(0), (3, 7), 0, 41)
+  lengths = jnp.array([7, 2, 5])
+  out, n = generate(g, p, prompts, lengths, max_new_tokens=9)
+  np.testing.assert_array_equal(n, [9, 9, 9])
+  for i, length in enumerate(lengths):
+    np.testing.assert_array_equal(out[i], _greedy_uncached(g, p, prompts[i, :length], 9))
+
+
+def test_eos_stops_and_pads(model):
+  g, p = model
+  prompt = jnp.array([[1, 2, 3]])
+  out, _ = generate(g, p, prompt, max_new_tokens=6)
+  eos = int(out[0, 2])
+  out2, n2 = generate(g, p, prompt, max_new_tokens=6, eos_id=eos)
+  first = int(np.argmax(np.asarray(out[0]) == eos))
+  assert int(n2[0]) == first + 1
+  np.testing.assert_array_equal(out2[0, first + 1:], 0)
+
+
+def test_sampling_filters():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  keys = jax.random.split(jax.random.key(0), 2000)
+  draw = lambda s: np.asarray(jax.vmap(lambda k: sample(logits, k, s)[0])(keys))
+  assert set(draw(Sampling(temperature=1.0, top_k=2))) == {0, 1}
+  assert set(draw(Sampling(temperature=1.0, top_p=0.7))) == {0, 1}  # 0.5 < 0.7 <= 0.8
+  assert set(draw(Sampling(temperature=1.0, top_p=0.4))) == {0}
+  freq = np.bincount(draw(Sampling(temperature=1.0)), minlength=4) / 2000
+  np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.04)
+
+
+def test_bad_generation_arguments(model):
+  g, p = model
+  with pytest.raises(ValueError, match="capacity"):
+    generate(g, p, jnp.zeros((1, 40), jnp.int32), max_new_tokens=20)
+  with pytest.raises(ValueError, match="token ids"):
+    generate(g, p, jnp.array([[1, 41]]), max_new_tokens=2)
+  with pytest.raises(ValueError, match="prompt_len_B"):
+    generate(g, p, jnp.array([[1, 2]]), jnp.array([3]), max_new_tokens=2)
+  with pytest.raises(ValueError, match="top_p"):
+    Sampling(temperature=1.0, top_p=0.0)
