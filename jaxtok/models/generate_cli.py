@@ -73,7 +73,11 @@ def stream_tokens(graphdef, params, prompt_ids: Sequence[int], *, max_new_tokens
   cfg = nnx.merge(graphdef, params).cfg
   prefill, step = _compiled(graphdef, cfg, sampling)
   t = len(prompt_ids)
-  padded = np.zeros((1, min(_round_up(t, _BUCKET), capacity - max_new_tokens)), np.int32)
+  if t + max_new_tokens > capacity:
+    raise ValueError(f"prompt of {t} tokens + max_new_tokens={max_new_tokens} exceeds the KV-cache "
+                     f"capacity {capacity}")
+  # Padding only depends on (t, capacity), so every call with this capacity shares one compile.
+  padded = np.zeros((1, min(_round_up(t, _BUCKET), capacity)), np.int32)
   padded[0, :t] = prompt_ids
   cache = init_cache(cfg, 1, capacity)
   logits_BxV, cache = prefill(params, cache, jnp.asarray(padded), jnp.array([t], jnp.int32))

@@ -41,7 +41,7 @@ def config_from_hf(hf: Mapping[str, Any], *, dtype: str = "float32",
     raise CheckpointError(f"{source}: hidden_act={act!r} is unsupported (expected silu/SwiGLU)")
   if hf.get("attention_bias") or hf.get("mlp_bias"):
     raise CheckpointError(f"{source}: attention_bias/mlp_bias are unsupported (Llama has none)")
-  scaling = hf.get("rope_scaling")
+  scaling = hf.get("rope_scaling") or hf.get("rope_parameters")
   if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
     raise CheckpointError(f"{source}: rope_scaling={scaling} is unsupported (jaxtok implements "
                           "plain RoPE)")
