@@ -30,6 +30,21 @@ _LLAMA3 = ("llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "dbrx")
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
                  r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's byte -> printable character table (Radford et al. 2019, encoder.py)."""
+  bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+        + list(range(ord("\xae"), ord("\xff") + 1)))
+  cs, n = bs[:], 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+_BYTE_TO_CHAR = _bytes_to_unicode()
+
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
@@ -60,15 +75,28 @@ class PretrainedTokenizer:
   pad_id: int | None
   add_bos: bool = False
   chat_template: str | None = None
+  # Bytes with no token of their own. SmolLM2's vocabulary lacks 21 (0x04, 0x06, 0xf1, ...), so
+  # text containing them cannot round-trip (HF drops them too); ``encode(strict=True)`` raises.
+  missing_bytes: frozenset[int] = frozenset()
+
+  def can_encode(self, text: str) -> bool:
+    return not (self.missing_bytes and self.missing_bytes.intersection(text.encode("utf-8")))
 
   @property
   def vocab_size(self) -> int:
     return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
-  def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
-    """Token ids of ``text``; special-token strings in it (``<|im_end|>``) map to their ids."""
+  def encode(self, text: str, *, add_bos: bool | None = None, strict: bool = False) -> list[int]:
+    """Token ids of ``text``; special-token strings in it (``<|im_end|>``) map to their ids.
+
+    ``strict``: raise if ``text`` holds a byte the vocabulary cannot represent (else it is dropped,
+    as Hugging Face does).
+    """
     if not isinstance(text, str):
       raise TypeError(f"text: expected str, got {type(text).__name__}")
+    if strict and not self.can_encode(text):
+      bad = sorted(self.missing_bytes.intersection(text.encode("utf-8")))
+      raise ValueError(f"text: bytes {[hex(b) for b in bad]} have no token in this vocabulary")
     ids = self.tokenizer.encode(text, add_special_tokens=False).ids
     if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
       ids = [self.bos_id] + ids
@@ -132,9 +160,10 @@ class PretrainedTokenizer:
       v = fields.get(key)
       return None if v is None else int(v)
 
+    missing = frozenset(b for b in range(256) if _BYTE_TO_CHAR[b] not in vocab)
     return cls(tokenizer=tok, bos_id=opt("bos_token_id"), eos_id=opt("eos_token_id"),
                pad_id=opt("padding_token_id"), add_bos=bool(fields.get("add_bos_token", False)),
-               chat_template=fields.get("chat_template"))
+               chat_template=fields.get("chat_template"), missing_bytes=missing)
 
   @classmethod
   def from_hf_dir(cls, path: str | os.PathLike) -> PretrainedTokenizer:
