@@ -6,9 +6,11 @@ named here and imported lazily, so listing them costs nothing.
 """
 EXPERIMENTS = {
     "lm": "jaxtok_experiments.lm",
+    "lm-eval": "jaxtok_experiments.lm_eval",
 }
 
 BENCHES = {
     "train": "jaxtok_experiments.bench_train",
     "kernels": "jaxtok_kernels.bench",
+    "decode": "jaxtok_experiments.bench_decode",
 }
