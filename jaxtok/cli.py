@@ -1,4 +1,4 @@
-"""The ``jaxtok`` command: list | run | reproduce | bench | aot | generate | kernels.
+"""The ``jaxtok`` command: list | run | reproduce | bench | aot | generate | kernels check.
 
 Entry points stay thin: each subcommand parses arguments and calls library code.
 """
@@ -13,6 +13,7 @@ import sys
 _DELEGATED = {
     "generate": "jaxtok.models.generate_cli:main",
     "kernels": "jaxtok_kernels.check:main",
+    "aot": "jaxtok.aot:main",
 }
 
 
@@ -42,12 +43,6 @@ def _parser() -> argparse.ArgumentParser:
   bench.add_argument("name")
   bench.add_argument("args", nargs=argparse.REMAINDER)
 
-  aot = sub.add_parser("aot", help="compile an experiment's sharded train step for a TPU "
-                       "topology on this machine (needs the `compile` extra)")
-  aot.add_argument("--exp", default="lm")
-  aot.add_argument("--preset", default="pod", choices=["smoke", "cpu", "pod"])
-  aot.add_argument("--topology", default="v5e:4x4")
-  aot.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=V")
   return p
 
 
@@ -76,10 +71,6 @@ def main(argv: list[str] | None = None) -> int:
       if args.name not in BENCHES:
         raise ValueError(f"unknown benchmark {args.name!r}; registered: {sorted(BENCHES)}")
       return _delegate(BENCHES[args.name] + ":main", args.args)
-    elif args.cmd == "aot":
-      from jaxtok import aot as aot_lib
-      cfg = runner.make_config(args.exp, args.preset, args.overrides)
-      aot_lib.main(cfg, args.topology)
   except (ConfigError, ValueError) as e:
     print(f"jaxtok: error: {e}", file=sys.stderr)
     return 2
