@@ -1,7 +1,8 @@
-"""Experiment ``lm``: a small byte-level LM on the Python standard library's sources.
+"""Experiment ``lm``: a small LM on the Python standard library's sources (bytes or BPE).
 
-Reports validation bits per byte beside honest count-based baselines on the same split: the
-byte-unigram cross-entropy and an add-0.1 bigram model.
+Reports validation bits per byte beside honest count-based baselines on the same tokens: the
+unigram cross-entropy and an add-0.1 bigram model (over bytes, or over BPE tokens converted
+with the split's bytes per token).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from jaxtok.data.sources import TokenWindows
 from jaxtok.nn.config import ModelConfig
 from jaxtok.sharding import MeshConfig
 from jaxtok.train.config import TrainConfig
+from jaxtok.tokenize import corpus_bpe
 from jaxtok.train.loop import train
 from jaxtok_experiments import plots
 from jaxtok_experiments.runner import Claim
@@ -32,6 +35,7 @@ class DataConfig:
   max_train_bytes: int = 0  # 0: the whole split
   max_val_bytes: int = 200_000
   val_batches: int = 8
+  tokenizer: Literal["bytes", "bpe"] = "bytes"  # bpe: model.vocab_size is the BPE vocabulary
 
   def __post_init__(self):
     for name in ("seq_len", "batch_size", "val_batches"):
@@ -79,37 +83,52 @@ def pod() -> Config:
 PRESETS = {"smoke": smoke, "cpu": cpu, "pod": pod}
 
 
+def _corpus(cfg: Config, split: str, max_bytes: int) -> tuple[np.ndarray, float]:
+  """(tokens, bytes per token) of a split."""
+  if cfg.data.tokenizer == "bytes":
+    require(cfg.model.vocab_size == 256, "model.vocab_size", "256 for data.tokenizer=bytes",
+            cfg.model.vocab_size)
+    return stdlib.byte_tokens(split, cfg.data.val_fraction, max_bytes), 1.0
+  tokens, n_bytes = corpus_bpe.tokens(split, cfg.model.vocab_size, cfg.data.val_fraction,
+                                      max_bytes)
+  return tokens, n_bytes / len(tokens)
+
+
 def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
-  require(cfg.model.vocab_size == 256, "model.vocab_size", "256 (byte-level corpus)",
-          cfg.model.vocab_size)
-  train_tokens = stdlib.byte_tokens("train", cfg.data.val_fraction, cfg.data.max_train_bytes)
-  val_tokens = stdlib.byte_tokens("val", cfg.data.val_fraction, cfg.data.max_val_bytes)
-  check_token_range(train_tokens, cfg.model.vocab_size, "train corpus")
+  train_tokens, _ = _corpus(cfg, "train", cfg.data.max_train_bytes)
+  val_tokens, bytes_per_token = _corpus(cfg, "val", cfg.data.max_val_bytes)
+  vocab = cfg.model.vocab_size
+  check_token_range(train_tokens, vocab, "train corpus")
+  check_token_range(val_tokens, vocab, "validation corpus")
   val_batches = fixed_batches(TokenWindows(val_tokens, cfg.data.seq_len), cfg.data.batch_size,
                               cfg.data.val_batches)
   out = train(cfg.model, cfg.train, cfg.mesh, train_source=TokenWindows(train_tokens,
               cfg.data.seq_len), val_batches=val_batches, batch_size=cfg.data.batch_size,
               out_dir=out_dir, config_dict=to_dict(cfg), resume=resume)
 
-  # Baselines on exactly the validation bytes the model is scored on.
+  # Baselines on exactly the validation tokens the model is scored on.
   scored = np.concatenate([b["targets"].reshape(-1) for b in val_batches])
-  unigram = ngram.unigram_bits(train_tokens, scored, 256)
   prev = np.concatenate([b["inputs"].reshape(-1) for b in val_batches])
-  bigram = ngram.bigram_bits(train_tokens, prev, scored, 256)
-  model_bpb = out["final"]["loss"] / math.log(2)
+  per_byte = 1.0 / bytes_per_token
+  unigram = ngram.unigram_bits(train_tokens, scored, vocab) * per_byte
+  bigram = ngram.bigram_bits(train_tokens, prev, scored, vocab) * per_byte
+  model_bpb = out["final"]["loss"] / math.log(2) * per_byte
+  unit = "byte" if cfg.data.tokenizer == "bytes" else "BPE-token"
   summary = {"val_bits_per_byte": model_bpb, "unigram_bits_per_byte": unigram,
-             "bigram_bits_per_byte": bigram, "train_tokens_per_s": out["tokens_per_s"],
+             "bigram_bits_per_byte": bigram, "bytes_per_token": bytes_per_token,
+             "train_tokens_per_s": out["tokens_per_s"],
              "val_loss_per_position": out["final"]["loss_per_position"]}
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+  nats_per_token = math.log(2) * bytes_per_token
   plots.loss_curve(out["history"], out["evals"], out_dir / "loss_curve.png",
-                   baselines={"byte unigram": unigram * math.log(2),
-                              "byte bigram": bigram * math.log(2)})
+                   baselines={f"{unit} unigram": unigram * nats_per_token,
+                              f"{unit} bigram": bigram * nats_per_token})
   plots.per_position(out["final"]["loss_per_position"], out_dir / "loss_per_position.png")
   return [
-      Claim("lm-beats-unigram", "baseline", "a trained byte LM beats the byte-unigram "
+      Claim("lm-beats-unigram", "baseline", f"a trained {unit} LM beats the {unit}-unigram "
             "cross-entropy on held-out stdlib code (bits/byte)", round(unigram, 3),
             round(model_bpb, 3), "ours < paper_value", model_bpb < unigram),
-      Claim("lm-beats-bigram", "baseline", "a trained byte LM beats an add-0.1 byte-bigram "
+      Claim("lm-beats-bigram", "baseline", f"a trained {unit} LM beats an add-0.1 {unit}-bigram "
             "model on held-out stdlib code (bits/byte)", round(bigram, 3), round(model_bpb, 3),
             "ours < paper_value", model_bpb < bigram),
   ]
