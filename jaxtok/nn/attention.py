@@ -1,16 +1,16 @@
 """Scaled dot-product attention with GQA and fp32 softmax (the plain-XLA path).
 
-Two entry points share one masked-softmax core:
+Two entry points:
 * ``attention``: queries against keys of the same call (no cache), any boolean mask.
 * ``cached_attention``: queries of a new block against the cache slots ``< cache_len`` (all
   visible) plus the new block itself under ``block_mask`` (causal chain, tree, or single token).
-  This is the op ``jaxtok_kernels.tree_attention`` implements.
+  That op is ``jaxtok_kernels.tree_attention`` (Pallas on TPU/GPU, its jnp reference elsewhere).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float
 
 # Finite mask value: -inf would turn fully-masked rows into NaN.
 _MASKED = -1e30
@@ -41,21 +41,6 @@ def attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_BxSxKxDh: Float[Array, "B 
   out = _masked_softmax_attend(_group(q_BxTxHxDh, k), k_BxSxKxDh, v_BxSxKxDh,
                                jnp.broadcast_to(mask_BxTxS, (b, t, k_BxSxKxDh.shape[1])))
   return out.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
-
-
-def cached_attention_reference(
-    q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxSxKxDh: Float[Array, "B S K Dh"],
-    v_cache_BxSxKxDh: Float[Array, "B S K Dh"], cache_len_B: Int[Array, "B"],
-    k_new_BxTxKxDh: Float[Array, "B T K Dh"], v_new_BxTxKxDh: Float[Array, "B T K Dh"],
-    block_mask_BxTxT: Bool[Array, "B T T"]) -> Float[Array, "B T H Dh"]:
-  b, t, h, dh = q_BxTxHxDh.shape
-  s = k_cache_BxSxKxDh.shape[1]
-  in_cache_BxS = jnp.arange(s)[None, :] < cache_len_B[:, None]
-  mask = jnp.concatenate([jnp.broadcast_to(in_cache_BxS[:, None, :], (b, t, s)),
-                          jnp.broadcast_to(block_mask_BxTxT, (b, t, t))], axis=-1)
-  k_all = jnp.concatenate([k_cache_BxSxKxDh, k_new_BxTxKxDh.astype(k_cache_BxSxKxDh.dtype)], 1)
-  v_all = jnp.concatenate([v_cache_BxSxKxDh, v_new_BxTxKxDh.astype(v_cache_BxSxKxDh.dtype)], 1)
-  return attention(q_BxTxHxDh, k_all, v_all, mask)
 
 
 def cached_attention(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
