@@ -77,13 +77,13 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _jax_rows(args, batches, dtypes) -> list[dict]:
+def _jax_rows(args, batches, dtypes) -> tuple[list[dict], int]:
   import jax
   import jax.numpy as jnp
 
   from jaxtok import decode
   from jaxtok.cache import init_cache
-  from jaxtok.models import load
+  from jaxtok.models import generate_cli, load
 
   rows = []
   t, n = args.prompt_len, args.new_tokens
@@ -99,6 +99,8 @@ def _jax_rows(args, batches, dtypes) -> list[dict]:
       prompt = jnp.asarray(rng.integers(100, cfg.vocab_size, (b, t)), jnp.int32)
       lens = jnp.full((b,), t, jnp.int32)
       best_p = best_g = float("inf")
+      generate_cli.settle_tracing_context(prefill, params, init_cache(cfg, b, t + n), prompt,
+                                          lens)
       for rep in range(args.repeats + 1):
         cache = init_cache(cfg, b, t + n)
         t0 = time.perf_counter()
@@ -114,17 +116,17 @@ def _jax_rows(args, batches, dtypes) -> list[dict]:
                    "decode_tok_s": b * n / max(best_g - best_p, 1e-9)})
       print(f"  jaxtok {dtype} batch {b}: prefill {rows[-1]['prefill_tok_s']:.0f} tok/s, "
             f"decode {rows[-1]['decode_tok_s']:.1f} tok/s", file=sys.stderr)
-  return rows
+  return rows, cfg.vocab_size
 
 
-def _torch_rows(args, batches, dtypes, python: str) -> dict:
+def _torch_rows(args, batches, dtypes, python: str, vocab: int) -> dict:
   from jaxtok.models import registry
 
   path = Path(args.model) if Path(args.model).is_file() else registry.resolve(args.model)
   if path.suffix != ".gguf":
     raise ValueError("--torch-python: the transformers reference reads .gguf models only")
   job = {"gguf": str(path), "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-         "batches": batches, "dtypes": dtypes, "repeats": args.repeats, "vocab": 49152}
+         "batches": batches, "dtypes": dtypes, "repeats": args.repeats, "vocab": vocab}
   proc = subprocess.run([python, "-c", _TORCH_HELPER, json.dumps(job)], capture_output=True,
                         text=True)
   line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:")]
@@ -145,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
   import jax
   print(f"decode bench: {args.model}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
         f"backend {jax.default_backend()} ({jax.device_count()} devices)", file=sys.stderr)
-  rows = _jax_rows(args, batches, dtypes)
+  rows, vocab = _jax_rows(args, batches, dtypes)
   ref = None
   python = args.torch_python or (sys.executable if importlib.util.find_spec("torch") else None)
   if python and not args.no_torch:
     print(f"  transformers reference via {python} ...", file=sys.stderr)
     try:
-      ref = _torch_rows(args, batches, dtypes, python)
+      ref = _torch_rows(args, batches, dtypes, python, vocab)
     except (RuntimeError, ValueError, OSError) as e:
       print(f"  transformers reference skipped: {e}", file=sys.stderr)
   by_key = {(r["dtype"], r["batch"]): r for r in (ref or {}).get("rows", [])}

@@ -1,8 +1,9 @@
 """Pretrained-model evaluation: SmolLM2-135M-Instruct bits per byte on held-out text.
 
 Model: SmolLM2 (Allal et al., arXiv 2502.02737), loaded from its Q4_1 GGUF (jaxtok.models).
-Texts: a few CPython standard-library source files (code) and jaxtok/assets/english.txt (prose
-written for this repo, so unseen in pretraining). Bits per byte compares across tokenizers.
+Texts: a few CPython standard-library source files (code; held out from jaxtok's own training, but
+very likely present in SmolLM2's pretraining data, so read code numbers as an optimistic bound) and
+jaxtok/assets/english.txt (prose written for this repo, so unseen in pretraining). Bits per byte compares across tokenizers.
 The paper reports no bits-per-byte numbers for these texts, so the claims compare against
 baselines computed on the same bytes: the byte-unigram entropy (fit on the text itself) and
 zlib -9. A claim that fails is reported as failed.

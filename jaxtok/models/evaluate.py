@@ -76,8 +76,11 @@ def score_texts(graphdef, params, tokenizer, texts: Sequence[str], *, window: in
   """Total NLL of ``texts`` under the model (windows batched; one compile per shape)."""
   if window <= 0 or batch <= 0:
     raise ValueError(f"window and batch must be positive, got window={window}, batch={batch}")
-  sep = sep_id if sep_id is not None else (tokenizer.tokenizer.token_to_id("<|endoftext|>")
-                                           or tokenizer.bos_id or 0)
+  if sep_id is None:
+    sep_id = tokenizer.tokenizer.token_to_id("<|endoftext|>")  # may be 0: test for None
+  if sep_id is None:
+    sep_id = tokenizer.bos_id if tokenizer.bos_id is not None else 0
+  sep = sep_id
   docs = [tokenizer.encode(t) for t in texts]
   x, y, w = _windows(docs, sep, window)
   pad = -len(x) % batch

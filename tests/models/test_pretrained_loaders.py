@@ -201,3 +201,34 @@ def test_cli_prompt_longer_than_capacity(tiny_files, capsys):
   rc = generate_cli.main(["--model", str(tiny_files["F32"]), "--prompt", "the " * 40,
                           "--capacity", "32", "--max-new-tokens", "8"])
   assert rc == 2 and "exceeds the KV-cache capacity 32" in capsys.readouterr().err
+
+
+def test_score_texts_matches_a_direct_forward(tiny_files):
+  from jaxtok.models import evaluate
+
+  m = load(tiny_files["F32"])
+  text = " the theme the"
+  ids = [0] + m.tokenizer.encode(text)
+  logits = _logits(m, jnp.asarray([ids]))
+  logp = jax.nn.log_softmax(jnp.asarray(logits[0]), -1)
+  nll = -float(sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1)))
+  whole = evaluate.score_texts(m.graphdef, m.params, m.tokenizer, [text], window=32, batch=1)
+  assert whole.n_tokens == len(ids) - 1 and whole.n_bytes == len(text)
+  assert whole.nll_nats == pytest.approx(nll, rel=1e-5)
+  windowed = evaluate.score_texts(m.graphdef, m.params, m.tokenizer, [text, text], window=4,
+                                  batch=2)
+  assert windowed.n_tokens == 2 * whole.n_tokens  # every token predicted exactly once
+  assert evaluate.unigram_bits_per_byte(["aaaa"]) == 0.0
+  assert evaluate.unigram_bits_per_byte(["ab"]) == pytest.approx(1.0)
+
+
+def test_bench_decode_runs_on_a_tiny_model(tiny_files, tmp_path, capsys):
+  from jaxtok_experiments import bench_decode
+
+  out = tmp_path / "b.json"
+  assert bench_decode.main(["--model", str(tiny_files["F32"]), "--prompt-len", "8",
+                            "--new-tokens", "4", "--batch", "1,2", "--dtype", "float32",
+                            "--no-torch", "--out", str(out)]) == 0
+  rows = json.loads(out.read_text())["jaxtok"]
+  assert [r["batch"] for r in rows] == [1, 2] and all(r["decode_tok_s"] > 0 for r in rows)
+  assert "| float32 | 2 |" in capsys.readouterr().out
