@@ -17,6 +17,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,8 +128,10 @@ def _torch_rows(args, batches, dtypes, python: str, vocab: int) -> dict:
     raise ValueError("--torch-python: the transformers reference reads .gguf models only")
   job = {"gguf": str(path), "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
          "batches": batches, "dtypes": dtypes, "repeats": args.repeats, "vocab": vocab}
+  # Run from a neutral directory: `python -c` puts the cwd on sys.path, and this repo's kernels/
+  # folder would shadow the hub `kernels` package that transformers probes for.
   proc = subprocess.run([python, "-c", _TORCH_HELPER, json.dumps(job)], capture_output=True,
-                        text=True)
+                        text=True, cwd=tempfile.gettempdir())
   line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:")]
   if proc.returncode or not line:
     raise RuntimeError(f"transformers reference failed ({python}):\n{proc.stderr[-2000:]}")
