@@ -6,7 +6,11 @@ import pytest
 from flax import nnx
 
 from jaxtok.cache import init_cache
-from jaxtok.nn import ModelConfig, default_positions, forward, init_model, masks
+from jaxtok.nn import ModelConfig, default_positions, init_model, masks
+from jaxtok.nn import forward as eager_forward
+
+# Jitted once per (graphdef, shapes): eager dispatch of every small op is what makes tests slow.
+forward = jax.jit(eager_forward, static_argnums=0)
 
 SMALL = dict(vocab_size=37, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, max_len=64)
 
