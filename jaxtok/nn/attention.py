@@ -17,15 +17,24 @@ _MASKED = -1e30
 
 
 def _masked_softmax_attend(q_BxTxKxGxDh, k_BxSxKxDh, v_BxSxKxDh, mask_BxTxS):
-  dh = q_BxTxKxGxDh.shape[-1]
-  s_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
-                           preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(dh))
+  b, t, kh, g, dh = q_BxTxKxGxDh.shape
+  s_len = k_BxSxKxDh.shape[1]
+  # Head-major operands make both contractions plain batched matmuls over (B, K) with G*T query
+  # rows; contracting the [B, T, K, G, Dh] layout directly is ~30% slower fwd+bwd on XLA CPU.
+  q_BxKxGTxDh = q_BxTxKxGxDh.transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, dh)
+  k_BxKxSxDh = k_BxSxKxDh.transpose(0, 2, 1, 3)
+  v_BxKxSxDh = v_BxSxKxDh.transpose(0, 2, 1, 3)
+  s_BxKxGTxS = jnp.einsum("bkqd,bksd->bkqs", q_BxKxGTxDh, k_BxKxSxDh,
+                          preferred_element_type=jnp.float32)
+  s_BxKxGxTxS = s_BxKxGTxS.reshape(b, kh, g, t, s_len) / jnp.sqrt(jnp.float32(dh))
   mask = mask_BxTxS[:, None, None, :, :]
   s_BxKxGxTxS = jnp.where(mask, s_BxKxGxTxS, _MASKED)
   p = jax.nn.softmax(s_BxKxGxTxS, axis=-1)
   p = jnp.where(mask, p, 0.0)  # rows with nothing visible give 0, not a uniform average
-  return jnp.einsum("bkgts,bskd->btkgd", p.astype(v_BxSxKxDh.dtype), v_BxSxKxDh,
-                    preferred_element_type=jnp.float32)
+  o_BxKxGTxDh = jnp.einsum("bkqs,bksd->bkqd",
+                           p.reshape(b, kh, g * t, s_len).astype(v_BxSxKxDh.dtype), v_BxKxSxDh,
+                           preferred_element_type=jnp.float32)
+  return o_BxKxGTxDh.reshape(b, kh, g, t, dh).transpose(0, 3, 1, 2, 4)
 
 
 def _group(q_BxTxHxDh, kv_heads):
