@@ -3,6 +3,11 @@
 Capacity S is static; how much is filled is data (``length`` per sequence), so decoding never
 recompiles as the sequence grows. Invariant: slots ``< length[b]`` are valid and visible; slots
 at or beyond it are scratch. Keys are stored post-RoPE, with their absolute positions in ``pos``.
+
+Layout is kv-head-major, ``[L, B, K, S, Dh]`` (kv_and_tree.md §E): one kv head's slots are a
+contiguous [S, Dh] matrix, so the attention kernels tile it as (block_s, Dh) blocks straight
+from HBM. A [.., S, K, Dh] cache would have to be relaid out (a full copy of the cache on TPU,
+whose tiled layout depends on the last two dims) before every decode step.
 """
 from __future__ import annotations
 
@@ -19,14 +24,14 @@ if TYPE_CHECKING:  # jaxtok.nn imports this module
 
 @struct.dataclass
 class KVCache:
-  k: Float[Array, "L B S K Dh"]
-  v: Float[Array, "L B S K Dh"]
+  k: Float[Array, "L B K S Dh"]
+  v: Float[Array, "L B K S Dh"]
   pos: Int[Array, "B S"]  # absolute position of each slot's token, -1 = empty
   length: Int[Array, "B"]
 
   @property
   def capacity(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
 
 def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None,
@@ -36,14 +41,29 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None,
     raise ValueError(f"capacity and batch must be positive, got capacity={capacity}, "
                      f"batch={batch}")
   dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
-  shape = (cfg.n_layers, batch, capacity, cfg.kv_heads, cfg.dh)
+  shape = (cfg.n_layers, batch, cfg.kv_heads, capacity, cfg.dh)
   return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                  pos=jnp.full((batch, capacity), -1, jnp.int32),
                  length=jnp.zeros((batch,), jnp.int32))
 
 
 def write_block(cache_BxSx: Array, new_BxTx: Array, start_B: Int[Array, "B"]) -> Array:
-  """Writes ``new[b]`` into ``cache[b]`` at slot ``start[b]`` (per-sequence offsets)."""
+  """Writes ``new[b]`` into ``cache[b]`` at slot ``start[b]`` (per-row offsets; e.g. ``pos``)."""
   def one(c, n, s):
     return jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), s, axis=0)
   return jax.vmap(one)(cache_BxSx, new_BxTx, start_B)
+
+
+def write_kv(cache_BxKxSxDh: Float[Array, "B K S Dh"], new_BxTxKxDh: Float[Array, "B T K Dh"],
+             start_B: Int[Array, "B"]) -> Float[Array, "B K S Dh"]:
+  """Writes the new block's keys (or values) at slot ``start[b]`` of each kv head of row b.
+
+  Only the T-token block is transposed to kv-head-major; the cache is updated in place (when
+  donated), never relaid out.
+  """
+  new_BxKxTxDh = jnp.swapaxes(new_BxTxKxDh, 1, 2)
+
+  def one(c_KxSxDh, n_KxTxDh, s):
+    return jax.lax.dynamic_update_slice_in_dim(c_KxSxDh, n_KxTxDh.astype(c_KxSxDh.dtype), s,
+                                               axis=1)
+  return jax.vmap(one)(cache_BxKxSxDh, new_BxKxTxDh, start_B)

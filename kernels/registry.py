@@ -45,7 +45,8 @@ def _tree_attention_cases(dtypes: list[str]) -> list[Case]:
   cases = []
   for label, b, t, h, k, s, dh in _TREE_SHAPES:
     for dt in dtypes:
-      args = (((b, t, h, dh), dt), ((b, s, k, dh), dt), ((b, s, k, dh), dt), ((b,), "int32"),
+      # The cache is kv-head-major [B, K, S, Dh], as jaxtok.cache stores it.
+      args = (((b, t, h, dh), dt), ((b, k, s, dh), dt), ((b, k, s, dh), dt), ((b,), "int32"),
               ((b, t, k, dh), dt), ((b, t, k, dh), dt), ((b, t, t), "bool"))
       cases.append(Case(f"{label} B{b} T{t} H{h}/K{k} S{s} Dh{dh}", args))
   return cases

@@ -52,11 +52,12 @@ def attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_BxSxKxDh: Float[Array, "B 
   return out.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
 
 
-def cached_attention(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
+def cached_attention(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_B,
                      k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT):
   # Imported here: jaxtok_kernels pulls in Pallas, which plain `import jaxtok` should not pay for.
   import jaxtok_kernels
-  # None: the Pallas kernel on TPU/GPU, this module's reference semantics elsewhere.
-  return jaxtok_kernels.tree_attention(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh,
+  # None: the Pallas kernel on TPU/GPU, this module's reference semantics elsewhere. The cache is
+  # kv-head-major ([B, K, S, Dh], jaxtok.cache) so the kernel tiles it without a relayout.
+  return jaxtok_kernels.tree_attention(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh,
                                        cache_len_B, k_new_BxTxKxDh, v_new_BxTxKxDh,
                                        block_mask_BxTxT, implementation=None)

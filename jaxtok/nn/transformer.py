@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxtok.cache import KVCache, write_block
+from jaxtok.cache import KVCache, write_block, write_kv
 from jaxtok.nn import masks
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.layers import MLP, Attention, RMSNorm, param
@@ -85,6 +85,7 @@ class Transformer(nnx.Module):
 
     new_k, new_v = [], []
     for i, block in enumerate(self.blocks):
+      # cache.k[i], cache.v[i]: [B, K, S, Dh] (kv-head-major, as the attention kernel reads it).
       layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.length)
       x_BxTxD, k_new, v_new = block(x_BxTxD, angles, mask, layer_cache)
       new_k.append(k_new)
@@ -105,8 +106,8 @@ class Transformer(nnx.Module):
 
 def _append(cache: KVCache, k_LxBxTxKxDh, v_LxBxTxKxDh, order_BxT) -> KVCache:
   start_B = cache.length
-  k = jax.vmap(write_block, in_axes=(0, 0, None))(cache.k, k_LxBxTxKxDh, start_B)
-  v = jax.vmap(write_block, in_axes=(0, 0, None))(cache.v, v_LxBxTxKxDh, start_B)
+  k = jax.vmap(write_kv, in_axes=(0, 0, None))(cache.k, k_LxBxTxKxDh, start_B)
+  v = jax.vmap(write_kv, in_axes=(0, 0, None))(cache.v, v_LxBxTxKxDh, start_B)
   pos = write_block(cache.pos, order_BxT.astype(jnp.int32), start_B)
   n_valid_B = jnp.sum(order_BxT >= 0, axis=1).astype(jnp.int32)
   return cache.replace(k=k, v=v, pos=pos, length=cache.length + n_valid_B)

@@ -9,7 +9,8 @@ so blocks past the cache length are never loaded.
 Triton needs power-of-two array sizes and matmul dims >= 16, so T is padded to a power of two
 >= 16 and Dh and G = H / K must already be powers of two; other shapes raise
 NotImplementedError and the dispatcher falls back to the reference. The cache itself is not
-padded: loads of the ragged last block are masked.
+padded: loads of the ragged last block are masked. It is kv-head-major, [B, K, S, Dh], so one
+kv head's cache is a contiguous [S, Dh] matrix that each program reads in place.
 
 Triton is the GPU lowering jax 0.12 compiles for H100 without a device (Mosaic GPU's
 `pallas_call` path is deprecated in favour of `plgpu.kernel`; see kv_and_tree.md §C).
@@ -93,17 +94,17 @@ def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref, *, 
 
 
 @functools.partial(jax.jit, static_argnames=("block_s", "block_r", "interpret"))
-def tree_attention_gpu(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
+def tree_attention_gpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_B,
                        k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, *,
                        block_s: int | None = None, block_r: int | None = None,
                        interpret: bool = False):
   """Triton kernel entry point; same contract as tree_attention_reference."""
   b, t, h, dh = q_BxTxHxDh.shape
-  s, kv = k_cache_BxSxKxDh.shape[1:3]
+  kv, s = k_cache_BxKxSxDh.shape[1:3]
   g = h // kv
   t_pad, block_r, block_s = plan(t, h, kv, dh, block_s, block_r)
   rows = g * t_pad
-  cache_dtype = k_cache_BxSxKxDh.dtype
+  cache_dtype = k_cache_BxKxSxDh.dtype
 
   q_BxKxRxDh = layout.fold_queries(q_BxTxHxDh, kv, t_pad)
   kn_BxKxTpxDh = layout.block_keys(k_new_BxTxKxDh, t_pad, cache_dtype)
@@ -114,7 +115,7 @@ def tree_attention_gpu(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len
   rows_block = pl.BlockSpec((None, None, block_r, dh), lambda bi, ki, ri: (bi, ki, ri, 0))
   tree_block = pl.BlockSpec((None, None, t_pad, dh), lambda bi, ki, ri: (bi, ki, 0, 0))
   # Whole cache of one kv head per program; the kernel slices it block by block.
-  cache_spec = pl.BlockSpec((None, s, dh), lambda bi, ki, ri: (bi, 0, ki))
+  cache_spec = pl.BlockSpec((None, None, s, dh), lambda bi, ki, ri: (bi, ki, 0, 0))
   out = pl.pallas_call(
       functools.partial(_kernel, block_s=block_s, scale=1.0 / math.sqrt(dh)),
       grid=(b, kv, rows // block_r),
@@ -126,6 +127,6 @@ def tree_attention_gpu(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len
       compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
       interpret=interpret,
       name="tree_attention_gpu",
-  )(lens_B, q_BxKxRxDh, layout.cache_lanes(k_cache_BxSxKxDh),
-    layout.cache_lanes(v_cache_BxSxKxDh), kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp)
+  )(lens_B, q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, kn_BxKxTpxDh, vn_BxKxTpxDh,
+    mask_BxRxTp)
   return layout.unfold(out, t, t_pad)

@@ -4,8 +4,11 @@ The kernels fold the G = H / K query heads that share one kv head into the row a
 r = g * Tp + t, Tp = T padded to the target's tile), so one grid program streams a kv head's
 cache blocks once for all of its query heads (the GQA trick of the FlashDecoding / paged
 attention kernels). The tree mask is repeated per folded head so each row reads its own mask
-row, and the cache is viewed as [B, S, K * Dh] - a free reshape - so a kv head's slice of a
-cache block is a lane-dimension block and the cache is never transposed or copied.
+row. The cache arrives kv-head-major, [B, K, S, Dh] (jaxtok.cache), so a kv head's cache block
+is a (block_s, Dh) tile of the array as stored: the kernels read it in place, never reshaped,
+transposed or copied (a reshape that changes the last two dims changes the TPU tiled layout,
+and XLA would copy the whole cache every step to realise it). Only the small per-call inputs
+(q, the T new keys/values, the mask) are rearranged here.
 """
 from __future__ import annotations
 
@@ -20,15 +23,15 @@ def validate_inputs(q, k_cache, v_cache, cache_len, k_new, v_new, block_mask) ->
     raise ValueError(f"q_BxTxHxDh must have rank 4 [B, T, H, Dh], got shape {q.shape}")
   b, t, h, dh = q.shape
   if k_cache.ndim != 4 or k_cache.shape[0] != b or k_cache.shape[3] != dh:
-    raise ValueError(f"k_cache_BxSxKxDh must have shape [B={b}, S, K, Dh={dh}], got "
-                     f"{k_cache.shape}")
-  s, kv = k_cache.shape[1], k_cache.shape[2]
+    raise ValueError(f"k_cache_BxKxSxDh must have shape [B={b}, K, S, Dh={dh}] (kv-head-major), "
+                     f"got {k_cache.shape}")
+  kv, s = k_cache.shape[1], k_cache.shape[2]
   if v_cache.shape != k_cache.shape:
-    raise ValueError(f"v_cache_BxSxKxDh must have the shape of k_cache {k_cache.shape}, got "
-                     f"{v_cache.shape}")
+    raise ValueError(f"v_cache_BxKxSxDh must have the shape of k_cache [B, K, S, Dh] = "
+                     f"{k_cache.shape}, got {v_cache.shape}")
   if kv < 1 or h % kv:
     raise ValueError(f"query heads H={h} must be a multiple of the kv heads K={kv} (GQA); "
-                     f"q_BxTxHxDh {q.shape}, k_cache_BxSxKxDh {k_cache.shape}")
+                     f"q_BxTxHxDh {q.shape}, k_cache_BxKxSxDh {k_cache.shape}")
   for name, x in (("k_new_BxTxKxDh", k_new), ("v_new_BxTxKxDh", v_new)):
     if x.shape != (b, t, kv, dh):
       raise ValueError(f"{name} must have shape [B, T, K, Dh] = {(b, t, kv, dh)}, got "
@@ -81,12 +84,6 @@ def row_mask(block_mask_BxTxT, groups: int, t_pad: int, cols: int):
   """
   m = common.pad_axis(common.pad_axis(block_mask_BxTxT.astype(jnp.int32), 1, t_pad), 2, cols)
   return jnp.tile(m, (1, groups, 1))
-
-
-def cache_lanes(cache_BxSxKxDh):
-  """[B, S, K, Dh] -> [B, S, K * Dh]: a free (contiguous) reshape, no copy."""
-  b, s, kv, dh = cache_BxSxKxDh.shape
-  return cache_BxSxKxDh.reshape(b, s, kv * dh)
 
 
 def clamp_len(cache_len_B, s: int):

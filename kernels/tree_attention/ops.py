@@ -22,19 +22,22 @@ Implementation = Literal["pallas", "xla"] | None
 
 
 def tree_attention(
-    q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxSxKxDh: Float[Array, "B S K Dh"],
-    v_cache_BxSxKxDh: Float[Array, "B S K Dh"], cache_len_B: Int[Array, "B"],
+    q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh: Float[Array, "B K S Dh"],
+    v_cache_BxKxSxDh: Float[Array, "B K S Dh"], cache_len_B: Int[Array, "B"],
     k_new_BxTxKxDh: Float[Array, "B T K Dh"], v_new_BxTxKxDh: Float[Array, "B T K Dh"],
     block_mask_BxTxT: Bool[Array, "B T T"], *, implementation: Implementation = None,
     block_s: int | None = None) -> Float[Array, "B T H Dh"]:
   """Attention of T new nodes over the cache slots < cache_len plus the block under its mask.
+
+  The cache is kv-head-major, [B, K, S, Dh] (jaxtok.cache's layout), which the kernels tile
+  in place; the new block is [B, T, K, Dh], as the projections produce it.
 
   implementation: "xla" - the jnp reference; "pallas" - the Pallas kernel for the default
   backend (Mosaic on TPU, Triton on GPU, the TPU kernel in interpret mode on CPU); None - Pallas
   on TPU/GPU, the reference elsewhere. A shape the kernel cannot tile (NotImplementedError)
   falls back to the reference; an explicit illegal `block_s` raises BlockSizeError.
   """
-  args = (q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B, k_new_BxTxKxDh,
+  args = (q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_B, k_new_BxTxKxDh,
           v_new_BxTxKxDh, block_mask_BxTxT)
   if implementation not in (None, "pallas", "xla"):
     raise ValueError(f"implementation must be 'pallas', 'xla' or None, got {implementation!r}")

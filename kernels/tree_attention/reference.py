@@ -7,11 +7,13 @@ tree (causal block mask) is chunked prefill; T = 1 with a [[True]] mask is plain
 
 For batch row b, query node t and query head h (kv head k = h // (H // K), GQA):
 
-    scores = [q_t . k_cache[s] for s < cache_len[b]]  ++  [q_t . k_new[j] for j: mask[b, t, j]]
-    out[b, t, h] = softmax(scores / sqrt(Dh)) @ [v_cache[s] ...  ++  v_new[j] ...]
+    scores = [q_t . k_cache[k, s] for s < cache_len[b]] ++ [q_t . k_new[j, k] for mask[b, t, j]]
+    out[b, t, h] = softmax(scores / sqrt(Dh)) @ [v_cache[k, s] ... ++ v_new[j, k] ...]
 
-with an fp32 softmax, and out = 0 for a row with nothing visible. This file spells that out
-densely, one kv group at a time, so it can be read against the equation.
+with an fp32 softmax, and out = 0 for a row with nothing visible. The cache is kv-head-major,
+[B, K, S, Dh] (jaxtok.cache); the new block comes straight from the projections, [B, T, K, Dh].
+This file spells that out densely, one kv group at a time, so it can be read against the
+equation.
 """
 from __future__ import annotations
 
@@ -24,19 +26,22 @@ _MASKED = -1e30
 
 
 def tree_attention_reference(
-    q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxSxKxDh: Float[Array, "B S K Dh"],
-    v_cache_BxSxKxDh: Float[Array, "B S K Dh"], cache_len_B: Int[Array, "B"],
+    q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh: Float[Array, "B K S Dh"],
+    v_cache_BxKxSxDh: Float[Array, "B K S Dh"], cache_len_B: Int[Array, "B"],
     k_new_BxTxKxDh: Float[Array, "B T K Dh"], v_new_BxTxKxDh: Float[Array, "B T K Dh"],
     block_mask_BxTxT: Bool[Array, "B T T"]) -> Float[Array, "B T H Dh"]:
   """Dense masked attention over concat(cache, new block); see the module docstring."""
   b, t, h, dh = q_BxTxHxDh.shape
-  s, kv = k_cache_BxSxKxDh.shape[1], k_cache_BxSxKxDh.shape[2]
+  kv, s = k_cache_BxKxSxDh.shape[1], k_cache_BxKxSxDh.shape[2]
   g = h // kv
-  cache_dtype = k_cache_BxSxKxDh.dtype
+  cache_dtype = k_cache_BxKxSxDh.dtype
 
   # Keys/values the block can see: the whole cache (S slots) followed by the block (T nodes).
-  k_BxNxKxDh = jnp.concatenate([k_cache_BxSxKxDh, k_new_BxTxKxDh.astype(cache_dtype)], axis=1)
-  v_BxNxKxDh = jnp.concatenate([v_cache_BxSxKxDh, v_new_BxTxKxDh.astype(cache_dtype)], axis=1)
+  def with_block(cache_BxKxSxDh, new_BxTxKxDh):
+    new_BxKxTxDh = jnp.swapaxes(new_BxTxKxDh.astype(cache_dtype), 1, 2)
+    return jnp.concatenate([cache_BxKxSxDh, new_BxKxTxDh], axis=2)
+  k_BxKxNxDh = with_block(k_cache_BxKxSxDh, k_new_BxTxKxDh)
+  v_BxKxNxDh = with_block(v_cache_BxKxSxDh, v_new_BxTxKxDh)
   # Visibility: slot s is visible to every node iff s < cache_len; node j iff mask[t, j].
   cache_vis_BxTxS = jnp.broadcast_to(
       (jnp.arange(s)[None, :] < cache_len_B[:, None])[:, None, :], (b, t, s))
@@ -44,13 +49,16 @@ def tree_attention_reference(
 
   # GQA: query head h = k * G + g shares kv head k.
   q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh)
-  scores_BxKxGxTxN = jnp.einsum("btkgd,bnkd->bkgtn", q_BxTxKxGxDh, k_BxNxKxDh,
+  scores_BxKxGxTxN = jnp.einsum("btkgd,bknd->bkgtn", q_BxTxKxGxDh, k_BxKxNxDh,
                                 preferred_element_type=jnp.float32)
   scores_BxKxGxTxN = scores_BxKxGxTxN / jnp.sqrt(jnp.float32(dh))
   vis = vis_BxTxN[:, None, None, :, :]
   # fp32 softmax: bf16 exponentials lose the small weights that decide long-context outputs.
   p_BxKxGxTxN = jax.nn.softmax(jnp.where(vis, scores_BxKxGxTxN, _MASKED), axis=-1)
   p_BxKxGxTxN = jnp.where(vis, p_BxKxGxTxN, 0.0)  # nothing visible -> 0, not a uniform average
-  out_BxTxKxGxDh = jnp.einsum("bkgtn,bnkd->btkgd", p_BxKxGxTxN.astype(cache_dtype), v_BxNxKxDh,
+  # Output kept kv-head-major, then transposed: XLA:CPU has no bf16 x bf16 -> f32 dot for the
+  # fused "bkgtn,bknd->btkgd" form, and the [B, K, G, T, Dh] output is small anyway.
+  out_BxKxGxTxDh = jnp.einsum("bkgtn,bknd->bkgtd", p_BxKxGxTxN.astype(cache_dtype), v_BxKxNxDh,
                               preferred_element_type=jnp.float32)
+  out_BxTxKxGxDh = out_BxKxGxTxDh.transpose(0, 3, 1, 2, 4)
   return out_BxTxKxGxDh.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)

@@ -3,7 +3,7 @@
 FlashAttention-2's online softmax (Dao, arXiv 2307.08691, Algorithm 1) over the cache blocks,
 with the draft tree block of SpecInfer-style verification (arXiv 2305.09781) as one extra step:
 
-  grid = (B, K / kh, n_blocks + 1)       kh kv heads per program (1 when Dh is lane-aligned)
+  grid = (B, K / kh, n_blocks + 1)       kh kv heads per program (1 when Dh fills the lanes)
   steps j < n_blocks : cache block j (all visible below cache_len), skipped past cache_len
   step  j = n_blocks : the T new nodes under the tree mask, then normalise and write out
 
@@ -11,6 +11,10 @@ with the draft tree block of SpecInfer-style verification (arXiv 2305.09781) as 
 can clamp to the last block that holds a live slot: Pallas skips the DMA when a block index
 repeats, so a short cache costs only its live blocks, not S. The G query heads of one kv head
 are folded into rows (layout.py), so each cache block is read from HBM once per kv head.
+
+The cache is kv-head-major, [B, K, S, Dh], and is blocked as (1, kh, block_s, Dh): its last two
+dims are whole-Dh rows of one kv head, so the block obeys the (8, 128) rule for any Dh (a full
+dimension) and is DMA'd straight from the array as stored - no relayout copy of the cache.
 """
 from __future__ import annotations
 
@@ -36,9 +40,14 @@ DEFAULT_BLOCK_S = 512
 
 
 def _heads_per_program(kv_heads: int, head_dim: int) -> int:
-  """Fewest kv heads whose lanes (kh * Dh) tile by 128, or all of them (full dimension)."""
+  """Fewest kv heads (a divisor of K) whose head dims fill a 128-lane row, or all K.
+
+  Any kh is legal (each head is its own (block_s, Dh) tile). With Dh < 128 a single head per
+  program would halve (or worse) the bytes each grid step moves while paying the same per-step
+  overhead, so small heads are grouped; Dh >= 128 gives kh = 1 and the most parallel programs.
+  """
   for kh in range(1, kv_heads + 1):
-    if kv_heads % kh == 0 and (kh * head_dim) % common.TPU_LANES == 0:
+    if kv_heads % kh == 0 and kh * head_dim >= common.TPU_LANES:
       return kh
   return kv_heads
 
@@ -68,7 +77,7 @@ def _scores(q_RxDh, k_NxDh, scale):
 
 
 def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref,
-            m_scr, l_scr, acc_scr, *, kh, dh, block_s, n_blocks, scale):
+            m_scr, l_scr, acc_scr, *, kh, block_s, n_blocks, scale):
   b, j = pl.program_id(0), pl.program_id(2)
   length = len_ref[b]
 
@@ -83,10 +92,10 @@ def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref,
     col_1xN = j * block_s + lax.broadcasted_iota(jnp.int32, (1, block_s), 1)
     row_Nx1 = j * block_s + lax.broadcasted_iota(jnp.int32, (block_s, 1), 0)
     for i in range(kh):
-      k = kc_ref[:, i * dh:(i + 1) * dh]
       # Slots past cache_len (and a ragged last block's out-of-bounds rows) may hold anything,
       # even NaN; p = 0 there, but 0 * NaN = NaN, so the values are zeroed too.
-      v = jnp.where(row_Nx1 < length, vc_ref[:, i * dh:(i + 1) * dh], 0)
+      v = jnp.where(row_Nx1 < length, vc_ref[i], 0)
+      k = kc_ref[i]
       _online_update(m_scr, l_scr, acc_scr, i, _scores(q_ref[i], k, scale),
                      col_1xN < length, v)
 
@@ -107,39 +116,37 @@ def plan(t: int, s: int, kv_heads: int, head_dim: int, block_s: int | None):
   kh = _heads_per_program(kv_heads, head_dim)
   if block_s is None:
     block_s = s if s <= DEFAULT_BLOCK_S else DEFAULT_BLOCK_S
-  common.validate_tpu_block("k_cache block (block_s, kh*Dh)", (block_s, kh * head_dim),
-                            (s, kv_heads * head_dim))
+  common.validate_tpu_block("k_cache_BxKxSxDh block (kh, block_s, Dh)",
+                            (kh, block_s, head_dim), (kv_heads, s, head_dim))
   return t_pad, kh, block_s, common.cdiv(s, block_s)
 
 
 @functools.partial(jax.jit, static_argnames=("block_s", "interpret"))
-def tree_attention_tpu(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len_B,
+def tree_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_B,
                        k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, *,
                        block_s: int | None = None, interpret: bool = False):
   """Mosaic kernel entry point; same contract as tree_attention_reference."""
   b, t, h, dh = q_BxTxHxDh.shape
-  s, kv = k_cache_BxSxKxDh.shape[1:3]
+  kv, s = k_cache_BxKxSxDh.shape[1:3]
   g = h // kv
   t_pad, kh, block_s, n_blocks = plan(t, s, kv, dh, block_s)
   rows = g * t_pad
-  cache_dtype = k_cache_BxSxKxDh.dtype
+  cache_dtype = k_cache_BxKxSxDh.dtype
 
   q_BxKxRxDh = layout.fold_queries(q_BxTxHxDh, kv, t_pad)
   kn_BxKxTpxDh = layout.block_keys(k_new_BxTxKxDh, t_pad, cache_dtype)
   vn_BxKxTpxDh = layout.block_keys(v_new_BxTxKxDh, t_pad, cache_dtype)
   mask_BxRxTp = layout.row_mask(block_mask_BxTxT, g, t_pad, t_pad)
-  kc_BxSxKDh = layout.cache_lanes(k_cache_BxSxKxDh)
-  vc_BxSxKDh = layout.cache_lanes(v_cache_BxSxKxDh)
   lens_B = layout.clamp_len(cache_len_B, s)
 
   def cache_index(bi, ki, j, len_ref):
     # Past the last live block, repeat it: same block index => Pallas issues no new DMA.
     last = jnp.maximum(pl.cdiv(len_ref[bi], block_s) - 1, 0)
-    return bi, jnp.minimum(j, last), ki
+    return bi, ki, jnp.minimum(j, last), 0
 
   head_block = pl.BlockSpec((None, kh, rows, dh), lambda bi, ki, j, _: (bi, ki, 0, 0))
   tree_block = pl.BlockSpec((None, kh, t_pad, dh), lambda bi, ki, j, _: (bi, ki, 0, 0))
-  cache_block = pl.BlockSpec((None, block_s, kh * dh), cache_index)
+  cache_block = pl.BlockSpec((None, kh, block_s, dh), cache_index)
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=1,
       grid=(b, kv // kh, n_blocks + 1),
@@ -149,7 +156,7 @@ def tree_attention_tpu(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len
       scratch_shapes=[pltpu.VMEM((kh, rows, _STAT_LANES), jnp.float32),
                       pltpu.VMEM((kh, rows, _STAT_LANES), jnp.float32),
                       pltpu.VMEM((kh, rows, dh), jnp.float32)])
-  kernel = functools.partial(_kernel, kh=kh, dh=dh, block_s=block_s, n_blocks=n_blocks,
+  kernel = functools.partial(_kernel, kh=kh, block_s=block_s, n_blocks=n_blocks,
                              scale=1.0 / math.sqrt(dh))
   itemsize = jnp.dtype(cache_dtype).itemsize
   out = pl.pallas_call(
@@ -165,5 +172,6 @@ def tree_attention_tpu(q_BxTxHxDh, k_cache_BxSxKxDh, v_cache_BxSxKxDh, cache_len
           + 2 * q_BxKxRxDh.size * q_BxKxRxDh.dtype.itemsize),
       interpret=interpret,
       name="tree_attention_tpu",
-  )(lens_B, q_BxKxRxDh, kc_BxSxKDh, vc_BxSxKDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp)
+  )(lens_B, q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, kn_BxKxTpxDh, vn_BxKxTpxDh,
+    mask_BxRxTp)
   return layout.unfold(out, t, t_pad)

@@ -8,8 +8,9 @@ import numpy as np
 def make_inputs(b, t, h, k, s, dh, dtype=jnp.float32, seed=0, lens=None, mask_p=0.5):
   keys = jax.random.split(jax.random.key(seed), 6)
   q = jax.random.normal(keys[0], (b, t, h, dh), dtype)
-  k_cache = jax.random.normal(keys[1], (b, s, k, dh), dtype)
-  v_cache = jax.random.normal(keys[2], (b, s, k, dh), dtype)
+  # kv-head-major cache [B, K, S, Dh], as jaxtok.cache stores it.
+  k_cache = jax.random.normal(keys[1], (b, k, s, dh), dtype)
+  v_cache = jax.random.normal(keys[2], (b, k, s, dh), dtype)
   k_new = jax.random.normal(keys[3], (b, t, k, dh), dtype)
   v_new = jax.random.normal(keys[4], (b, t, k, dh), dtype)
   mask = jax.random.bernoulli(keys[5], mask_p, (b, t, t))

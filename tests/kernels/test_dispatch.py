@@ -63,10 +63,13 @@ def test_unknown_implementation():
 
 
 @pytest.mark.parametrize("change,match", [
-    (lambda a: a.__setitem__(slice(1, 3), [jnp.zeros((2, 11, 3, 8))] * 2),
+    (lambda a: a.__setitem__(slice(1, 3), [jnp.zeros((2, 3, 11, 8))] * 2),
      "H=4 must be a multiple of the kv heads K=3"),
     (lambda a: a.__setitem__(0, a[0][:, :, :3]), "multiple of the kv heads"),
-    (lambda a: a.__setitem__(2, a[2][:, :5]), "v_cache_BxSxKxDh"),
+    (lambda a: a.__setitem__(2, a[2][:, :, :5]), r"v_cache_BxKxSxDh must have the shape"),
+    # The old [B, S, K, Dh] layout is rejected with the expected kv-head-major shape.
+    (lambda a: a.__setitem__(1, jnp.zeros((2, 11, 2, 4))),
+     r"k_cache_BxKxSxDh must have shape \[B=2, K, S, Dh=8\]"),
     (lambda a: a.__setitem__(4, a[4][:, :2]), r"k_new_BxTxKxDh must have shape \[B, T, K, Dh\]"),
     (lambda a: a.__setitem__(6, a[6][:, :2]), r"block_mask_BxTxT must have shape \[B, T, T\]"),
     (lambda a: a.__setitem__(3, jnp.array([1, 12], jnp.int32)), r"cache_len_B must lie in \[0, S=11\]"),

@@ -58,7 +58,7 @@ class KernelVsReference:
   def test_nan_past_cache_len_is_ignored(self, make_inputs):
     # Slots >= cache_len are garbage (here NaN): p = 0 there must not turn into 0 * NaN.
     q, kc, vc, lens, kn, vn, mask = make_inputs(**STD, seed=4, lens=[3, 17, 20, 33, 39])
-    dead = jnp.arange(STD["s"])[None, :, None, None] >= lens[:, None, None, None]
+    dead = jnp.arange(STD["s"])[None, None, :, None] >= lens[:, None, None, None]
     kc, vc = jnp.where(dead, jnp.nan, kc), jnp.where(dead, jnp.nan, vc)
     out = self.run((q, kc, vc, lens, kn, vn, mask))
     assert bool(jnp.all(jnp.isfinite(out)))
@@ -89,8 +89,9 @@ class KernelVsReference:
     lens = jnp.full((STD["b"],), p, jnp.int32)
     mask = jnp.broadcast_to(jnp.tril(jnp.ones((5, 5), bool)), (STD["b"], 5, 5))
     out = self.run((q, kc, vc, lens, kn, vn, mask))
-    k_seq = jnp.concatenate([kc[:, :p], kn], axis=1)
-    v_seq = jnp.concatenate([vc[:, :p], vn], axis=1)
+    # jaxtok's dense attention takes [B, S, K, Dh]; the cache is [B, K, S, Dh].
+    k_seq = jnp.concatenate([jnp.swapaxes(kc, 1, 2)[:, :p], kn], axis=1)
+    v_seq = jnp.concatenate([jnp.swapaxes(vc, 1, 2)[:, :p], vn], axis=1)
     q_seq = jnp.concatenate([jnp.zeros((STD["b"], p) + q.shape[2:], q.dtype), q], axis=1)
     causal = jnp.broadcast_to(jnp.tril(jnp.ones((p + 5, p + 5), bool)), (STD["b"], p + 5, p + 5))
     full = jaxtok_attention.attention(q_seq, k_seq, v_seq, causal)[:, p:]
@@ -122,7 +123,7 @@ def _one(x):
 def test_reference_hand_worked_single_head():
   # Dh = 1, so scale = 1/sqrt(1) = 1. q = 1; cache keys 1, 2 (values 10, 20); new key 0 (value 30).
   q = _one([[[[1.0]]]])
-  kc, vc = _one([[[[1.0]], [[2.0]]]]), _one([[[[10.0]], [[20.0]]]])
+  kc, vc = _one([[[[1.0], [2.0]]]]), _one([[[[10.0], [20.0]]]])  # [B=1, K=1, S=2, Dh=1]
   kn, vn = _one([[[[0.0]]]]), _one([[[[30.0]]]])
   mask = jnp.ones((1, 1, 1), bool)
   e = math.e
@@ -160,8 +161,8 @@ def test_reference_matches_jaxtok_dense_attention(make_inputs, dtype):
   in_cache_BxTxS = jnp.broadcast_to(
       (jnp.arange(23)[None, :] < cache_len[:, None])[:, None, :], (3, 6, 23))
   dense = jaxtok_attention.attention(
-      q, jnp.concatenate([kc, kn.astype(kc.dtype)], 1),
-      jnp.concatenate([vc, vn.astype(vc.dtype)], 1),
+      q, jnp.concatenate([jnp.swapaxes(kc, 1, 2), kn.astype(kc.dtype)], 1),
+      jnp.concatenate([jnp.swapaxes(vc, 1, 2), vn.astype(vc.dtype)], 1),
       jnp.concatenate([in_cache_BxTxS, jnp.broadcast_to(mask, (3, 6, 6))], -1))
   np.testing.assert_allclose(np.asarray(tree_attention_reference(*args).astype(jnp.float32)),
                              np.asarray(dense.astype(jnp.float32)),
@@ -173,3 +174,27 @@ def test_model_cached_attention_uses_dispatcher(make_inputs):
   np.testing.assert_allclose(np.asarray(jax.jit(jaxtok_attention.cached_attention)(*args)),
                              np.asarray(tree_attention_reference(*args)),
                              atol=1e-6)
+
+
+def _pallas_call_operands(closed_jaxpr):
+  """(inner jaxpr, operands of its pallas_call), descending through the jit wrapper."""
+  for eqn in closed_jaxpr.jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      return closed_jaxpr.jaxpr, eqn.invars
+    if "jaxpr" in eqn.params:
+      found = _pallas_call_operands(eqn.params["jaxpr"])
+      if found:
+        return found
+  return None
+
+
+@pytest.mark.parametrize("kernel", [tree_attention_tpu, tree_attention_gpu])
+@pytest.mark.parametrize("dh", [64, 128])
+def test_kernels_read_the_cache_in_place(make_inputs, kernel, dh):
+  # The [B, K, S, Dh] cache must reach pallas_call as the caller's array: any reshape or
+  # transpose of it here is a full-cache relayout copy on TPU on every decode step.
+  args = make_inputs(b=2, t=1, h=8, k=2, s=64, dh=dh, seed=10)
+  closed = jax.make_jaxpr(lambda *a: kernel(*a, block_s=16))(*args)
+  inner, operands = _pallas_call_operands(closed)
+  k_cache_var, v_cache_var = inner.invars[1], inner.invars[2]
+  assert k_cache_var in operands and v_cache_var in operands
