@@ -4,10 +4,12 @@ Capacity S is static; how much is filled is data (``length`` per sequence), so d
 recompiles as the sequence grows. Invariant: slots ``< length[b]`` are valid and visible; slots
 at or beyond it are scratch. Keys are stored post-RoPE, with their absolute positions in ``pos``.
 
-Layout is kv-head-major, ``[L, B, K, S, Dh]`` (kv_and_tree.md §E): one kv head's slots are a
-contiguous [S, Dh] matrix, so the attention kernels tile it as (block_s, Dh) blocks straight
-from HBM. A [.., S, K, Dh] cache would have to be relaid out (a full copy of the cache on TPU,
-whose tiled layout depends on the last two dims) before every decode step.
+Layout: one array per layer (slicing layer i out of a stacked [L, ...] array materialises a
+copy of that layer's cache on TPU every step), each kv-head-major ``[B, K, S, Dh]``
+(kv_and_tree.md §E): one kv head's slots are a contiguous [S, Dh] matrix, so the attention
+kernels tile it as (block_s, Dh) blocks straight from HBM. A [.., S, K, Dh] cache would have to
+be relaid out (a full copy on TPU, whose tiled layout depends on the last two dims) before every
+decode step.
 """
 from __future__ import annotations
 
@@ -24,14 +26,14 @@ if TYPE_CHECKING:  # jaxtok.nn imports this module
 
 @struct.dataclass
 class KVCache:
-  k: Float[Array, "L B K S Dh"]
-  v: Float[Array, "L B K S Dh"]
+  k: tuple[Float[Array, "B K S Dh"], ...]  # one per layer
+  v: tuple[Float[Array, "B K S Dh"], ...]
   pos: Int[Array, "B S"]  # absolute position of each slot's token, -1 = empty
   length: Int[Array, "B"]
 
   @property
   def capacity(self) -> int:
-    return self.k.shape[3]
+    return self.pos.shape[1]
 
 
 def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None,
@@ -41,8 +43,9 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None,
     raise ValueError(f"capacity and batch must be positive, got capacity={capacity}, "
                      f"batch={batch}")
   dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
-  shape = (cfg.n_layers, batch, cfg.kv_heads, capacity, cfg.dh)
-  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+  shape = (batch, cfg.kv_heads, capacity, cfg.dh)
+  zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))  # noqa: E731
+  return KVCache(k=zeros(), v=zeros(),
                  pos=jnp.full((batch, capacity), -1, jnp.int32),
                  length=jnp.zeros((batch,), jnp.int32))
 

@@ -68,5 +68,6 @@ class ModelConfig:
     d, f, dh = self.d_model, self.d_ff, self.dh
     matmul = self.n_layers * (d * dh * (self.n_heads * 2 + self.kv_heads * 2) + 3 * d * f)
     matmul += d * (self.vocab_size + sum(self.extra_heads))
-    attn = self.n_layers * 2 * self.n_heads * dh * seq_len  # QK^T and PV, full (not halved)
+    # QK^T and PV over the causal half of the scores (the useful work; masked-out pairs excluded).
+    attn = self.n_layers * 2 * self.n_heads * dh * seq_len
     return 6.0 * matmul + 3.0 * attn

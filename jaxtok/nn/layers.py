@@ -69,7 +69,7 @@ class Attention(nnx.Module):
                     ("heads", "head_dim", "embed"))
 
   def __call__(self, x_BxTxD, angles_BxTxDh2, mask, layer_cache):
-    """``layer_cache`` is None or (k_BxSxKxDh, v_BxSxKxDh, length_B); returns (out, new k, v)."""
+    """``layer_cache`` is None or (k_BxKxSxDh, v_BxKxSxDh, length_B); returns (out, new k, v)."""
     dt = x_BxTxD.dtype
     b, t, d = x_BxTxD.shape
     # 2-D matmuls over [B*T, D] rows and [D, heads*Dh] weights (see MLP); the parameters keep

@@ -85,7 +85,7 @@ class Transformer(nnx.Module):
 
     new_k, new_v = [], []
     for i, block in enumerate(self.blocks):
-      # cache.k[i], cache.v[i]: [B, K, S, Dh] (kv-head-major, as the attention kernel reads it).
+      # cache.k[i], cache.v[i]: this layer's own [B, K, S, Dh] arrays (no slice, no copy).
       layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.length)
       x_BxTxD, k_new, v_new = block(x_BxTxD, angles, mask, layer_cache)
       new_k.append(k_new)
@@ -100,14 +100,15 @@ class Transformer(nnx.Module):
                                      preferred_element_type=jnp.float32)
                           for w in self.extra_heads))
     if cache is not None:
-      cache = _append(cache, jnp.stack(new_k), jnp.stack(new_v), order_BxT)
+      cache = _append(cache, new_k, new_v, order_BxT)
     return logits, cache
 
 
-def _append(cache: KVCache, k_LxBxTxKxDh, v_LxBxTxKxDh, order_BxT) -> KVCache:
+def _append(cache: KVCache, k_new: list, v_new: list, order_BxT) -> KVCache:
+  """Writes each layer's new [B, T, K, Dh] keys/values at slot ``length`` of its own cache."""
   start_B = cache.length
-  k = jax.vmap(write_kv, in_axes=(0, 0, None))(cache.k, k_LxBxTxKxDh, start_B)
-  v = jax.vmap(write_kv, in_axes=(0, 0, None))(cache.v, v_LxBxTxKxDh, start_B)
+  k = tuple(write_kv(c, n, start_B) for c, n in zip(cache.k, k_new))
+  v = tuple(write_kv(c, n, start_B) for c, n in zip(cache.v, v_new))
   pos = write_block(cache.pos, order_BxT.astype(jnp.int32), start_B)
   n_valid_B = jnp.sum(order_BxT >= 0, axis=1).astype(jnp.int32)
   return cache.replace(k=k, v=v, pos=pos, length=cache.length + n_valid_B)
