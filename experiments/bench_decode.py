@@ -84,7 +84,7 @@ def _jax_rows(args, batches, dtypes) -> tuple[list[dict], int]:
 
   from jaxtok import decode
   from jaxtok.cache import init_cache
-  from jaxtok.models import generate_cli, load
+  from jaxtok.models import load
 
   rows = []
   t, n = args.prompt_len, args.new_tokens
@@ -100,8 +100,6 @@ def _jax_rows(args, batches, dtypes) -> tuple[list[dict], int]:
       prompt = jnp.asarray(rng.integers(100, cfg.vocab_size, (b, t)), jnp.int32)
       lens = jnp.full((b,), t, jnp.int32)
       best_p = best_g = float("inf")
-      generate_cli.settle_tracing_context(prefill, params, init_cache(cfg, b, t + n), prompt,
-                                          lens)
       for rep in range(args.repeats + 1):
         cache = init_cache(cfg, b, t + n)
         t0 = time.perf_counter()
@@ -160,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, ValueError, OSError) as e:
       print(f"  transformers reference skipped: {e}", file=sys.stderr)
   by_key = {(r["dtype"], r["batch"]): r for r in (ref or {}).get("rows", [])}
-  head = (f"| dtype | batch | prefill tok/s | decode tok/s | HF prefill tok/s | HF decode tok/s |"
-          f" prefill ratio | decode ratio |")
+  head = ("| dtype | batch | prefill tok/s | decode tok/s | HF prefill tok/s | HF decode tok/s |"
+          " prefill ratio | decode ratio |")
   lines = [head, "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     h = by_key.get((r["dtype"], r["batch"]))

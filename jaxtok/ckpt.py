@@ -19,8 +19,8 @@ RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.eval_every", "train
                     "train.progress", "mesh.")
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint is missing, corrupt, or incompatible with the current config."""
+class CheckpointError(ValueError):
+  """A checkpoint or model file is missing, corrupt, or incompatible with what was asked for."""
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -42,17 +42,6 @@ def plan_capacity(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int,
   return cap, longest
 
 
-def settle_tracing_context(fn, *args) -> None:
-  """Traces ``fn`` once without compiling, before its first jitted call.
-
-  Tracing the cached-attention path imports jaxtok_kernels (Pallas) lazily, and that import
-  registers a new JAX config option; every jit cache key made before it then misses once, which
-  recompiles the 30-layer model (~10 s). Tracing first makes that happen before any compile.
-  """
-  import jax
-  jax.eval_shape(fn, *args)
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled(graphdef, cfg, sampling):
   import jax
@@ -92,8 +81,6 @@ def stream_tokens(graphdef, params, prompt_ids: Sequence[int], *, max_new_tokens
   padded[0, :t] = prompt_ids
   cache = init_cache(cfg, 1, capacity)
   args = (params, cache, jnp.asarray(padded), jnp.array([t], jnp.int32))
-  if prefill._cache_size() == 0:
-    settle_tracing_context(prefill, *args)
   logits_BxV, cache = prefill(*args)
   for _ in range(max_new_tokens):
     token_B, logits_BxV, cache, key = step(params, cache, logits_BxV, key)

@@ -16,11 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxtok.ckpt import CheckpointError
 from jaxtok.nn.config import ModelConfig
-
-
-class CheckpointError(ValueError):
-  """A model file is missing, corrupt, or describes something jaxtok cannot load."""
 
 
 # Weight storage dtypes: "bfloat16" halves memory and bandwidth (decode is bandwidth-bound); norm

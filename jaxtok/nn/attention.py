@@ -12,6 +12,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+# Imported with this module, not lazily while tracing: importing Pallas registers JAX config
+# options, and doing that mid-trace invalidates every jit cache entry made before it.
+import jaxtok_kernels
+
 # Finite mask value: -inf would turn fully-masked rows into NaN.
 _MASKED = -1e30
 
@@ -54,8 +58,6 @@ def attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_BxSxKxDh: Float[Array, "B 
 
 def cached_attention(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_B,
                      k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT):
-  # Imported here: jaxtok_kernels pulls in Pallas, which plain `import jaxtok` should not pay for.
-  import jaxtok_kernels
   # None: the Pallas kernel on TPU/GPU, this module's reference semantics elsewhere. The cache is
   # kv-head-major ([B, K, S, Dh], jaxtok.cache) so the kernel tiles it without a relayout.
   return jaxtok_kernels.tree_attention(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh,

@@ -9,7 +9,6 @@ Pure entry point: ``graphdef, params = nnx.split(model)`` once, then
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int

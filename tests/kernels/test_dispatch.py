@@ -1,7 +1,6 @@
 """Dispatcher choice and fallback, input validation and block-size rules of tree attention."""
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

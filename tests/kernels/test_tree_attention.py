@@ -11,10 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxtok_kernels
 from jaxtok.nn import attention as jaxtok_attention
 from jaxtok_kernels import common
-from jaxtok_kernels.tree_attention import ops
 from jaxtok_kernels.tree_attention.gpu import tree_attention_gpu
 from jaxtok_kernels.tree_attention.reference import tree_attention_reference as _reference
 from jaxtok_kernels.tree_attention.tpu import tree_attention_tpu
