@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxtok import config as config_lib
+from jaxtok import runtime
 from jaxtok_experiments import EXPERIMENTS
 
 
@@ -47,12 +48,15 @@ def run_experiment(name: str, preset: str = "cpu", overrides: list[str] | tuple[
   cfg = make_config(name, preset, overrides)
   out_dir = Path(out_root) / name / preset
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
+  main = runtime.is_main_process()  # every process computes the same results; one writes them
+  if main:
+    (out_dir / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
   start = time.time()
   claims = module.run(cfg, out_dir, resume=resume)
   results = {"experiment": name, "preset": preset, "seconds": round(time.time() - start, 1),
              "claims": [dataclasses.asdict(c) for c in claims]}
-  (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+  if main:
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
   return results
 
 

@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
       runtime.initialize()
       results = runner.run_experiment(args.exp, args.preset, args.overrides, args.out,
                                       resume=args.resume)
-      print(json.dumps(results, indent=2, default=float))
+      runtime.log(json.dumps(results, indent=2, default=float))
     elif args.cmd == "reproduce":
       runtime.initialize()
-      print(f"report: {runner.reproduce(args.preset, args.out, args.only)}")
+      runtime.log(f"report: {runner.reproduce(args.preset, args.out, args.only)}")
     elif args.cmd == "bench":
       if args.name not in BENCHES:
         raise ValueError(f"unknown benchmark {args.name!r}; registered: {sorted(BENCHES)}")

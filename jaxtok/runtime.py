@@ -33,13 +33,9 @@ def initialize(force_distributed: bool | None = None) -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
-def process_index() -> int:
-  import jax
-  return jax.process_index()
-
-
 def is_main_process() -> bool:
-  return process_index() == 0
+  import jax
+  return jax.process_index() == 0
 
 
 def log(msg: str) -> None:

@@ -18,6 +18,7 @@ def test_run_writes_a_valid_results_json(tmp_path, capsys):
   assert json.loads((run_dir / "config.json").read_text())["train"]["steps"] == 5
   assert (run_dir / "loss_curve.png").stat().st_size > 1000
   assert len((run_dir / "metrics.jsonl").read_text().splitlines()) >= 2
+  assert "['embed']" in (run_dir / "sharding.txt").read_text()
 
 
 def test_reproduce_writes_a_report(tmp_path):

@@ -25,7 +25,8 @@ from jaxtok.ckpt import Checkpointer
 from jaxtok.data.pipeline import lm_batches
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.transformer import init_model
-from jaxtok.sharding import MeshConfig, batch_sharding, make_mesh, param_shardings
+from jaxtok.sharding import (MeshConfig, batch_sharding, describe_sharding, make_mesh,
+                             param_shardings)
 from jaxtok.train.config import TrainConfig
 from jaxtok.train.step import TrainState, eval_step, lr_schedule, make_optimizer, train_step
 
@@ -128,6 +129,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
     state, data_state = ckpt.restore(state, config_dict)
     data_iter.set_state(data_state)
   start = int(state.step)
+  if runtime.is_main_process():
+    (out_dir / "sharding.txt").write_text(f"mesh {dict(s.mesh.shape)}\n"
+                                          f"{describe_sharding(state.params)}\n")
   step_fn = compile_train_step(s)
   log = MetricsLog(out_dir / "metrics.jsonl", start)
   schedule = lr_schedule(train_cfg)
