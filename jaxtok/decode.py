@@ -57,9 +57,9 @@ def prefill(graphdef: nnx.GraphDef, params, cache: KVCache, prompt_BxT: Int[Arra
   offset_BxT = jnp.arange(t, dtype=jnp.int32)[None, :]
   positions_BxT = jnp.where(offset_BxT < prompt_len_B[:, None],
                             cache.length[:, None] + offset_BxT, -1)
-  logits_BxTxV, cache = forward(graphdef, params, prompt_BxT, positions_BxT, cache=cache)
-  last_BxV = jnp.take_along_axis(logits_BxTxV, (prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
-  return last_BxV, cache
+  logits_Bx1xV, cache = forward(graphdef, params, prompt_BxT, positions_BxT, cache=cache,
+                                logits_at_BxN=(prompt_len_B - 1)[:, None])
+  return logits_Bx1xV[:, 0], cache
 
 
 def decode_step(graphdef: nnx.GraphDef, params, cache: KVCache, token_B: Int[Array, "B"]

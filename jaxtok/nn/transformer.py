@@ -52,8 +52,12 @@ class Transformer(nnx.Module):
       self, tokens_BxT: Int[Array, "B T"], positions: Int[Array, "B T *P"],
       mask: Bool[Array, "B T S"] | None = None, *,
       embeddings_BxTxD: Float[Array, "B T D"] | None = None, cache: KVCache | None = None,
+      logits_at_BxN: Int[Array, "B N"] | None = None,
   ) -> tuple[Float[Array, "B T V"] | tuple[Float[Array, "B T _"], ...], KVCache | None]:
     """Returns (logits, cache). Logits are fp32; with extra heads, a tuple (main, *extra).
+
+    ``logits_at_BxN`` unembeds only those positions (logits [B, N, V]): prefill needs one row per
+    prompt, and the full [B, T, V] fp32 logits of a large vocabulary cost more than the layers.
 
     Without a cache ``mask`` is [B, T, T] (default causal). With a cache the new block attends to
     every cache slot ``< cache.length`` plus itself under ``mask`` (default causal); the block is
@@ -90,10 +94,14 @@ class Transformer(nnx.Module):
       new_k.append(k_new)
       new_v.append(v_new)
 
+    if logits_at_BxN is not None:
+      x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxN[..., None], axis=1)
     h_BxTxD = self.final_norm(x_BxTxD)
-    unembed_DxV = self.embed[...].T if cfg.tie_embeddings else self.unembed[...]
-    logits = jnp.einsum("btd,dv->btv", h_BxTxD, unembed_DxV.astype(dt),
-                        preferred_element_type=jnp.float32)
+    # Tied: contract with the [V, D] table directly (a transposed copy would be re-made per call).
+    logits = (jnp.einsum("btd,vd->btv", h_BxTxD, self.embed[...].astype(dt),
+                         preferred_element_type=jnp.float32) if cfg.tie_embeddings else
+              jnp.einsum("btd,dv->btv", h_BxTxD, self.unembed[...].astype(dt),
+                         preferred_element_type=jnp.float32))
     if cfg.extra_heads:
       logits = (logits, *(jnp.einsum("btd,dv->btv", h_BxTxD, w[...].astype(dt),
                                      preferred_element_type=jnp.float32)
@@ -118,10 +126,11 @@ def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
 
 
 def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxT, positions, mask=None, *,
-            embeddings_BxTxD=None, cache: KVCache | None = None):
+            embeddings_BxTxD=None, cache: KVCache | None = None, logits_at_BxN=None):
   """Pure function of (params, inputs): merges the module for the duration of one trace."""
   model = nnx.merge(graphdef, params)
-  return model(tokens_BxT, positions, mask, embeddings_BxTxD=embeddings_BxTxD, cache=cache)
+  return model(tokens_BxT, positions, mask, embeddings_BxTxD=embeddings_BxTxD, cache=cache,
+               logits_at_BxN=logits_at_BxN)
 
 
 def default_positions(b: int, t: int) -> Int[Array, "B T"]:

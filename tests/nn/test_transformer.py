@@ -130,3 +130,12 @@ def test_external_embeddings_shape_error():
   g, p = _model(embedding="external", tie_embeddings=False)
   with pytest.raises(ValueError, match="embeddings_BxTxD"):
     forward(g, p, _tokens(1, 4), default_positions(1, 4))
+
+
+def test_logits_at_selects_rows_of_the_full_logits():
+  g, p = _model()
+  x = _tokens(2, 9)
+  full, _ = forward(g, p, x, default_positions(2, 9))
+  at = jnp.array([[8, 0], [3, 3]])
+  part, _ = forward(g, p, x, default_positions(2, 9), logits_at_BxN=at)
+  np.testing.assert_allclose(part, jnp.take_along_axis(full, at[..., None], axis=1), atol=1e-6)
