@@ -106,11 +106,9 @@ def tree_attention_gpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len
   rows = g * t_pad
   cache_dtype = k_cache_BxKxSxDh.dtype
 
-  q_BxKxRxDh = layout.fold_queries(q_BxTxHxDh, kv, t_pad)
-  kn_BxKxTpxDh = layout.block_keys(k_new_BxTxKxDh, t_pad, cache_dtype)
-  vn_BxKxTpxDh = layout.block_keys(v_new_BxTxKxDh, t_pad, cache_dtype)
-  mask_BxRxTp = layout.row_mask(block_mask_BxTxT, g, t_pad, t_pad)
-  lens_B = layout.clamp_len(cache_len_B, s)
+  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_B = layout.kernel_operands(
+      q_BxTxHxDh, cache_len_B, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, kv, s, t_pad,
+      cache_dtype)
 
   rows_block = pl.BlockSpec((None, None, block_r, dh), lambda bi, ki, ri: (bi, ki, ri, 0))
   tree_block = pl.BlockSpec((None, None, t_pad, dh), lambda bi, ki, ri: (bi, ki, 0, 0))

@@ -89,3 +89,14 @@ def row_mask(block_mask_BxTxT, groups: int, t_pad: int, cols: int):
 def clamp_len(cache_len_B, s: int):
   """cache_len as int32 clipped to [0, S] (traced values cannot be range-checked)."""
   return jnp.clip(cache_len_B.astype(jnp.int32), 0, s)
+
+
+def kernel_operands(q_BxTxHxDh, cache_len_B, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT,
+                    kv_heads: int, s: int, t_pad: int, cache_dtype):
+  """The folded queries, blocked new keys/values, row mask and clamped lengths both kernels
+  take: (q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_B)."""
+  g = q_BxTxHxDh.shape[2] // kv_heads
+  return (fold_queries(q_BxTxHxDh, kv_heads, t_pad),
+          block_keys(k_new_BxTxKxDh, t_pad, cache_dtype),
+          block_keys(v_new_BxTxKxDh, t_pad, cache_dtype),
+          row_mask(block_mask_BxTxT, g, t_pad, t_pad), clamp_len(cache_len_B, s))

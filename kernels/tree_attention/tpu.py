@@ -133,11 +133,9 @@ def tree_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len
   rows = g * t_pad
   cache_dtype = k_cache_BxKxSxDh.dtype
 
-  q_BxKxRxDh = layout.fold_queries(q_BxTxHxDh, kv, t_pad)
-  kn_BxKxTpxDh = layout.block_keys(k_new_BxTxKxDh, t_pad, cache_dtype)
-  vn_BxKxTpxDh = layout.block_keys(v_new_BxTxKxDh, t_pad, cache_dtype)
-  mask_BxRxTp = layout.row_mask(block_mask_BxTxT, g, t_pad, t_pad)
-  lens_B = layout.clamp_len(cache_len_B, s)
+  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_B = layout.kernel_operands(
+      q_BxTxHxDh, cache_len_B, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, kv, s, t_pad,
+      cache_dtype)
 
   def cache_index(bi, ki, j, len_ref):
     # Past the last live block, repeat it: same block index => Pallas issues no new DMA.
