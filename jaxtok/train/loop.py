@@ -74,9 +74,12 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def evaluate(s: Setup, params, val_batches) -> dict:
-  step = jax.jit(functools.partial(eval_step, s.graphdef))
-  outs = [step(params, to_global(b, s.batch_sharding)) for b in val_batches]
+def compile_eval_step(s: Setup):
+  return jax.jit(functools.partial(eval_step, s.graphdef))
+
+
+def evaluate(s: Setup, eval_fn, params, val_batches) -> dict:
+  outs = [eval_fn(params, to_global(b, s.batch_sharding)) for b in val_batches]
   tokens = sum(float(o["tokens"]) for o in outs)
   loss = sum(float(o["loss"]) * float(o["tokens"]) for o in outs) / tokens
   per_pos = np.mean([np.asarray(o["loss_per_position"]) for o in outs], axis=0)
@@ -133,6 +136,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
     (out_dir / "sharding.txt").write_text(f"mesh {dict(s.mesh.shape)}\n"
                                           f"{describe_sharding(state.params)}\n")
   step_fn = compile_train_step(s)
+  eval_fn = compile_eval_step(s)  # built once: a new jit wrapper per eval would recompile
   log = MetricsLog(out_dir / "metrics.jsonl", start)
   schedule = lr_schedule(train_cfg)
   tokens_per_step = batch_size * len(val_batches[0]["inputs"][0])
@@ -159,7 +163,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
     pending, t_last = (step_no, metrics, now - t_last), now
     bar.update(1)
     if step_no % train_cfg.eval_every == 0 and step_no != train_cfg.steps:
-      ev = evaluate(s, state.params, val_batches)
+      ev = evaluate(s, eval_fn, state.params, val_batches)
       evals.append({"step": step_no, "val_loss": ev["loss"]})
       log.write({"step": step_no, "val_loss": ev["loss"]})
     if train_cfg.ckpt_every and step_no % train_cfg.ckpt_every == 0:
@@ -167,7 +171,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
   if pending is not None:
     flush(pending)
   bar.close()
-  final = evaluate(s, state.params, val_batches)
+  final = evaluate(s, eval_fn, state.params, val_batches)
   evals.append({"step": train_cfg.steps, "val_loss": final["loss"]})
   log.write({"step": train_cfg.steps, "val_loss": final["loss"]})
   if ckpt.latest_step() != train_cfg.steps:
