@@ -28,16 +28,9 @@ def _peak_bandwidth(device) -> float | None:
 
 
 def _inputs(b, t, h, k, s, dh, live, dtype, seed=0):
-  import jax
-  import jax.numpy as jnp
-  keys = jax.random.split(jax.random.key(seed), 6)
-  mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
-  return (jax.random.normal(keys[0], (b, t, h, dh), dtype),
-          jax.random.normal(keys[1], (b, s, k, dh), dtype),
-          jax.random.normal(keys[2], (b, s, k, dh), dtype),
-          jnp.full((b,), int(s * live), jnp.int32),
-          jax.random.normal(keys[3], (b, t, k, dh), dtype),
-          jax.random.normal(keys[4], (b, t, k, dh), dtype), mask)
+  from jaxtok_kernels.tree_attention.sample_inputs import random_inputs
+  return random_inputs(b, t, h, k, s, dh, dtype, seed=seed, lens=[int(s * live)] * b,
+                       mask_p=None)
 
 
 def _time(fn, args, iters: int) -> float:
@@ -50,9 +43,11 @@ def _time(fn, args, iters: int) -> float:
   return (time.perf_counter() - t0) / iters
 
 
-def _accelerator_rows(iters: int, dtype_name: str) -> list[dict]:
+def _accelerator_rows(iters: int, dtype_name: str, cases=_CASES) -> list[dict]:
+  """Kernel (implementation="pallas") vs reference on each case: times, bandwidth, error."""
   import jax
   import jax.numpy as jnp
+  from jaxtok_kernels import common
   from jaxtok_kernels.tree_attention import tree_attention, tree_attention_reference
 
   dtype = jnp.dtype(dtype_name)
@@ -60,7 +55,7 @@ def _accelerator_rows(iters: int, dtype_name: str) -> list[dict]:
   kernel = jax.jit(lambda *a: tree_attention(*a, implementation="pallas"))
   reference = jax.jit(tree_attention_reference)
   rows = []
-  for label, b, t, h, k, s, dh, live in _CASES:
+  for label, b, t, h, k, s, dh, live in cases:
     args = _inputs(b, t, h, k, s, dh, live, dtype)
     err = float(jnp.max(jnp.abs(kernel(*args).astype(jnp.float32)
                                 - reference(*args).astype(jnp.float32))))
@@ -71,8 +66,9 @@ def _accelerator_rows(iters: int, dtype_name: str) -> list[dict]:
     rows.append(dict(kernel="tree_attention", case=f"{label} B{b} T{t} H{h}/K{k} S{s} Dh{dh}",
                      dtype=dtype_name, kernel_ms=round(t_kernel * 1e3, 4),
                      reference_ms=round(t_ref * 1e3, 4), speedup=round(t_ref / t_kernel, 2),
-                     gbps=round(bw / 1e9, 1),
-                     frac_peak=None if peak is None else round(bw / peak, 3), max_err=err))
+                     mbytes=round(moved / 1e6, 3), gbps=round(bw / 1e9, 1),
+                     frac_peak=None if peak is None else round(bw / peak, 3), max_err=err,
+                     ok=err <= common.tolerance(dtype, int(s * live) + t)))
   return rows
 
 
@@ -83,12 +79,12 @@ def _cpu_rows() -> list[dict]:
   from jaxtok_kernels.tree_attention import (tree_attention_gpu, tree_attention_reference,
                                              tree_attention_tpu)
   rows = []
-  args = _inputs(2, 5, 4, 2, 40, 16, 0.6, jnp.float32)
+  args = _inputs(2, 5, 4, 2, 40, 16, 0.6, jnp.float32)  # ragged: 24 live slots, block 16
   ref = jax.jit(tree_attention_reference)(*args)
   for name, fn in (("tpu (interpret)", tree_attention_tpu), ("gpu (interpret)", tree_attention_gpu)):
     err = float(jnp.max(jnp.abs(fn(*args, block_s=16, interpret=True) - ref)))
     rows.append(dict(kernel="tree_attention", case=f"{name} B2 T5 H4/K2 S40 Dh16",
-                     dtype="float32", max_err=err, ok=err <= common.tolerance(jnp.float32, 45)))
+                     dtype="float32", max_err=err, ok=err <= common.tolerance(jnp.float32, 29)))
   return rows
 
 
@@ -109,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
   from jaxtok_kernels import common
   platform = common.backend()
   if platform in ("tpu", "gpu"):
-    rows = _accelerator_rows(args.iters, args.dtype)
+    import jax
+    # float32 means float32: without this, GPU matmuls of both sides would run in TF32.
+    precision = "highest" if args.dtype == "float32" else None
+    with jax.default_matmul_precision(precision):
+      rows = _accelerator_rows(args.iters, args.dtype)
   else:
     print(f"backend {platform}: no accelerator, so only correctness can be checked "
           "(kernels in interpret mode vs the jnp reference); no timings.")

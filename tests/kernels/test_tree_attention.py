@@ -1,4 +1,4 @@
-"""Tree attention over a KV cache: kernels (interpret mode) vs the jnp reference, and invariants.
+"""Tree attention over a KV cache: kernels vs the jnp reference, and invariants.
 
 Interpret-mode compiles dominate the run time (~2 s each on 2 cores), so most tests share one
 "standard" shape: B=5, T=5 (not a multiple of 8), H=4/K=2 (GQA), S=40 with block_s=16 (a ragged
@@ -30,12 +30,26 @@ def assert_close(out, ref, dtype, reduction):
 
 
 class KernelVsReference:
-  """Base class: one Pallas implementation (interpret mode) against the jnp reference."""
+  """Base class: one Pallas implementation against the jnp reference.
 
-  kernel = None  # set by subclasses: fn(*args, block_s=..., interpret=True)
+  In interpret mode on CPU (CI); compiled for real when the tests run on the kernel's own
+  platform (JAX_PLATFORMS=cuda on a GPU machine runs the Triton kernel natively).
+  """
+
+  kernel = None  # set by subclasses: fn(*args, block_s=..., interpret=...)
+  platform = None  # "tpu" | "gpu": where the kernel compiles natively
 
   def run(self, args):
-    return type(self).kernel(*args, block_s=BLOCK_S, interpret=True)
+    interpret = common.backend() != self.platform
+    return type(self).kernel(*args, block_s=BLOCK_S, interpret=interpret)
+
+  @pytest.mark.parametrize("shape,dtype", [
+      (dict(b=3, t=1, h=8, k=2, s=37, dh=32), jnp.float32),     # decode, G=4, S % block != 0
+      (dict(b=2, t=9, h=4, k=4, s=20, dh=16), jnp.bfloat16),    # T > 8, G=1
+  ])
+  def test_random_shapes(self, make_inputs, shape, dtype):
+    args = make_inputs(**shape, dtype=dtype, seed=7)
+    assert_close(self.run(args), tree_attention_reference(*args), dtype, shape["s"] + shape["t"])
 
   @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
   def test_standard_shape_ragged_lengths(self, make_inputs, dtype):
@@ -96,20 +110,22 @@ class KernelVsReference:
     assert_close(out, full, jnp.float32, p + 5)
 
 
-class TestTpuKernelInterpret(KernelVsReference):
+class TestTpuKernel(KernelVsReference):
   kernel = staticmethod(tree_attention_tpu)
+  platform = "tpu"
 
   @pytest.mark.parametrize("shape,dtype", [
-      (dict(b=3, t=1, h=3, k=1, s=37, dh=32), jnp.float32),     # decode, G=3, S % block != 0
-      (dict(b=2, t=9, h=6, k=3, s=20, dh=16), jnp.bfloat16),    # T > 8, K=3 (kh = K)
+      (dict(b=3, t=1, h=3, k=1, s=37, dh=32), jnp.float32),     # G=3: not a power of two
+      (dict(b=2, t=9, h=6, k=3, s=20, dh=16), jnp.bfloat16),    # K=3 (kh = K)
   ])
-  def test_random_shapes(self, make_inputs, shape, dtype):
+  def test_non_power_of_two_groups(self, make_inputs, shape, dtype):
     args = make_inputs(**shape, dtype=dtype, seed=7)
     assert_close(self.run(args), tree_attention_reference(*args), dtype, shape["s"] + shape["t"])
 
 
-class TestGpuKernelInterpret(KernelVsReference):
+class TestGpuKernel(KernelVsReference):
   kernel = staticmethod(tree_attention_gpu)
+  platform = "gpu"
 
 
 # --- the reference on hand-worked cases --------------------------------------------------------
