@@ -1,11 +1,12 @@
 """``jaxtok bench decode``: prefill and cached-decode throughput of a pretrained model.
 
 For each dtype x batch: prefill tokens/s (one jitted forward that fills the KV cache) and decode
-tokens/s (``jaxtok.decode.generate``'s on-device loop, greedy, minus its prefill), after a warm-up
-call that compiles. With ``--torch-python PATH`` (an interpreter with torch + transformers, e.g.
+tokens/s (``jaxtok.decode.generate``'s on-device loop, greedy: the time of n new tokens minus the
+time of one, for n - 1 steps), after a warm-up round that compiles; best of --repeats rounds. With ``--torch-python PATH`` (an interpreter with torch + transformers, e.g.
 /work/venv311/bin/python), or when torch is importable here, Hugging Face transformers runs the
-same weights (``from_pretrained(dir, gguf_file=...)``) and shapes in the same run, and the table
-gives jaxtok/transformers ratios (DESIGN.md decision 11: ratios side by side, one run).
+same weights (the .gguf file or the Hugging Face directory) and shapes in the same run, on the
+GPU when torch sees one, and the table gives jaxtok/transformers ratios (DESIGN.md decision 11:
+ratios side by side, one run).
 
   jaxtok bench decode                                  # prompt 512, 128 new, batch 1 and 8
   jaxtok bench decode --quick --torch-python /work/venv311/bin/python
@@ -30,33 +31,42 @@ import torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM
 job = json.loads(sys.argv[1])
-path = Path(job["gguf"])
+path = Path(job["model"])
 out = []
-base = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                            dtype=torch.float32).eval()
+where = ({"pretrained_model_name_or_path": path.parent, "gguf_file": path.name}
+         if path.suffix == ".gguf" else {"pretrained_model_name_or_path": path})
+base = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32).eval()
+device = "cuda" if torch.cuda.is_available() else "cpu"
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 for dtype in job["dtypes"]:
-  model = base.to(getattr(torch, dtype))
+  model = base.to(device=device, dtype=getattr(torch, dtype))
   for b in job["batches"]:
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, job["vocab"], (b, job["prompt_len"]), generator=gen)
+    ids = torch.randint(100, job["vocab"], (b, job["prompt_len"]), generator=gen).to(device)
     mask = torch.ones_like(ids)
     n = job["new_tokens"]
-    best_p, best_g = float("inf"), float("inf")
+    best = [float("inf")] * 3  # prefill, generate 1 token, generate n tokens
     with torch.no_grad():
       for rep in range(job["repeats"] + 1):  # first round warms up
-        t0 = time.perf_counter()
-        model(ids, attention_mask=mask, use_cache=True)
-        t1 = time.perf_counter()
-        model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                       do_sample=False, pad_token_id=0)
-        t2 = time.perf_counter()
+        times = []
+        for new in (0, 1, n):
+          sync()
+          t0 = time.perf_counter()
+          if new:
+            model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                           do_sample=False, pad_token_id=0)
+          else:
+            model(ids, attention_mask=mask, use_cache=True)
+          sync()
+          times.append(time.perf_counter() - t0)
         if rep:
-          best_p, best_g = min(best_p, t1 - t0), min(best_g, t2 - t1)
-    out.append({"dtype": dtype, "batch": b, "prefill_s": best_p, "generate_s": best_g,
-                "prefill_tok_s": b * job["prompt_len"] / best_p,
-                "decode_tok_s": b * n / max(best_g - best_p, 1e-9)})
+          best = [min(a, x) for a, x in zip(best, times)]
+    steps_s = best[2] - best[1]  # the n - 1 decode steps after the first token
+    out.append({"dtype": dtype, "batch": b, "prefill_s": best[0], "generate_s": best[2],
+                "prefill_tok_s": b * job["prompt_len"] / best[0],
+                "decode_tok_s": b * (n - 1) / steps_s if steps_s > 0 else None})
 print("JSON:" + json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                            "rows": out}))
+                            "device": device, "rows": out}))
 '''
 
 
@@ -99,32 +109,33 @@ def _jax_rows(args, batches, dtypes) -> tuple[list[dict], int]:
       rng = np.random.default_rng(0)
       prompt = jnp.asarray(rng.integers(100, cfg.vocab_size, (b, t)), jnp.int32)
       lens = jnp.full((b,), t, jnp.int32)
-      best_p = best_g = float("inf")
-      for rep in range(args.repeats + 1):
-        cache = init_cache(cfg, b, t + n)
-        t0 = time.perf_counter()
-        jax.block_until_ready(prefill(params, cache, prompt, lens))
-        t1 = time.perf_counter()
-        jax.block_until_ready(decode.generate(g, params, prompt, lens, max_new_tokens=n,
-                                              capacity=t + n))
-        t2 = time.perf_counter()
+      best = [float("inf")] * 3  # prefill, generate 1 token, generate n tokens
+      for rep in range(args.repeats + 1):  # the first round compiles
+        times = []
+        for new in (0, 1, n):
+          t0 = time.perf_counter()
+          if new:
+            jax.block_until_ready(decode.generate(g, params, prompt, lens, max_new_tokens=new,
+                                                  capacity=t + n))
+          else:
+            jax.block_until_ready(prefill(params, init_cache(cfg, b, t + n), prompt, lens))
+          times.append(time.perf_counter() - t0)
         if rep:
-          best_p, best_g = min(best_p, t1 - t0), min(best_g, t2 - t1)
-      rows.append({"dtype": dtype, "batch": b, "prefill_s": best_p, "generate_s": best_g,
-                   "prefill_tok_s": b * t / best_p,
-                   "decode_tok_s": b * n / max(best_g - best_p, 1e-9)})
+          best = [min(a, x) for a, x in zip(best, times)]
+      steps_s = best[2] - best[1]  # the n - 1 decode steps after the first token
+      rows.append({"dtype": dtype, "batch": b, "prefill_s": best[0], "generate_s": best[2],
+                   "prefill_tok_s": b * t / best[0],
+                   "decode_tok_s": b * (n - 1) / steps_s if steps_s > 0 else None})
       print(f"  jaxtok {dtype} batch {b}: prefill {rows[-1]['prefill_tok_s']:.0f} tok/s, "
-            f"decode {rows[-1]['decode_tok_s']:.1f} tok/s", file=sys.stderr)
+            f"decode {_fmt(rows[-1]['decode_tok_s'])} tok/s", file=sys.stderr)
   return rows, cfg.vocab_size
 
 
 def _torch_rows(args, batches, dtypes, python: str, vocab: int) -> dict:
   from jaxtok.models import registry
 
-  path = Path(args.model) if Path(args.model).is_file() else registry.resolve(args.model)
-  if path.suffix != ".gguf":
-    raise ValueError("--torch-python: the transformers reference reads .gguf models only")
-  job = {"gguf": str(path), "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+  path = Path(args.model) if Path(args.model).exists() else registry.resolve(args.model)
+  job = {"model": str(path.resolve()), "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
          "batches": batches, "dtypes": dtypes, "repeats": args.repeats, "vocab": vocab}
   # Run from a neutral directory: `python -c` puts the cwd on sys.path, and this repo's kernels/
   # folder would shadow the hub `kernels` package that transformers probes for.
@@ -134,6 +145,12 @@ def _torch_rows(args, batches, dtypes, python: str, vocab: int) -> dict:
   if proc.returncode or not line:
     raise RuntimeError(f"transformers reference failed ({python}):\n{proc.stderr[-2000:]}")
   return json.loads(line[-1][5:])
+
+
+def _fmt(tok_s: float | None) -> str:
+  # None: generating n tokens did not take measurably longer than generating one (noise wins
+  # on tiny models); the table says so rather than printing a meaningless rate.
+  return "-" if tok_s is None else f"{tok_s:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,11 +181,12 @@ def main(argv: list[str] | None = None) -> int:
   for r in rows:
     h = by_key.get((r["dtype"], r["batch"]))
     hp = f"{h['prefill_tok_s']:.0f}" if h else "-"
-    hd = f"{h['decode_tok_s']:.1f}" if h else "-"
+    hd = _fmt(h["decode_tok_s"]) if h else "-"
     rp = f"{r['prefill_tok_s'] / h['prefill_tok_s']:.2f}x" if h else "-"
-    rd = f"{r['decode_tok_s'] / h['decode_tok_s']:.2f}x" if h else "-"
+    rd = (f"{r['decode_tok_s'] / h['decode_tok_s']:.2f}x"
+          if h and r["decode_tok_s"] and h["decode_tok_s"] else "-")
     lines.append(f"| {r['dtype']} | {r['batch']} | {r['prefill_tok_s']:.0f} | "
-                 f"{r['decode_tok_s']:.1f} | {hp} | {hd} | {rp} | {rd} |")
+                 f"{_fmt(r['decode_tok_s'])} | {hp} | {hd} | {rp} | {rd} |")
   print("\n".join(lines))
   result = {"model": args.model, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
             "backend": jax.default_backend(), "jaxtok": rows, "transformers": ref,

@@ -30,7 +30,7 @@ def _tree_attention_entry(family: str):
   return {"tpu": tree_attention_tpu, "gpu": tree_attention_gpu}[family]
 
 
-# (label, B, T, H, K, S, Dh): decode, tree verification, chunked prefill; GQA groups 1/4/8.
+# (label, B, T, H, K, S, Dh): decode, tree verification, chunked prefill; GQA groups 1/3/4/8.
 _TREE_SHAPES = [
     ("decode", 8, 1, 32, 8, 4096, 128),
     ("decode", 4, 1, 8, 8, 1024, 64),
@@ -38,6 +38,7 @@ _TREE_SHAPES = [
     ("tree", 2, 64, 16, 2, 4096, 64),
     ("tree", 1, 128, 32, 8, 4096, 128),
     ("prefill", 1, 128, 8, 8, 4096, 64),
+    ("decode", 8, 1, 9, 3, 8192, 64),  # SmolLM2-135M: GQA group 3
 ]
 
 

@@ -7,8 +7,8 @@ way a GPU wants it: one program per (batch, kv head, block of folded query rows)
 so blocks past the cache length are never loaded.
 
 Triton needs power-of-two array sizes and matmul dims >= 16, so T is padded to a power of two
->= 16 and Dh and G = H / K must already be powers of two; other shapes raise
-NotImplementedError and the dispatcher falls back to the reference. The cache itself is not
+>= 16 and Dh must already be a power of two >= 16; other head dims raise NotImplementedError
+and the dispatcher falls back to the reference. Any GQA group size G = H / K works. The cache itself is not
 padded: loads of the ragged last block are masked. It is kv-head-major, [B, K, S, Dh], so one
 kv head's cache is a contiguous [S, Dh] matrix that each program reads in place.
 
@@ -41,12 +41,11 @@ def plan(t: int, h: int, kv_heads: int, head_dim: int, block_s: int | None,
   if not common.is_pow2(head_dim) or head_dim < common.TRITON_MIN_DOT:
     raise NotImplementedError(f"GPU tree attention needs a power-of-two head dim >= 16, got "
                               f"Dh={head_dim}")
-  if not common.is_pow2(g):
-    raise NotImplementedError(f"GPU tree attention needs a power-of-two GQA group H/K, got "
-                              f"{h}/{kv_heads}={g}")
   t_pad = common.next_pow2(max(t, common.TRITON_MIN_DOT))
   rows = g * t_pad
-  block_r = min(rows, DEFAULT_BLOCK_R) if block_r is None else block_r
+  # Any group size G works: rows = G * Tp has the power-of-two factor Tp * (G & -G) >= 16, so a
+  # power-of-two row block divides it (SmolLM2's G = 3 gets blocks of Tp rows).
+  block_r = min(t_pad * (g & -g), DEFAULT_BLOCK_R) if block_r is None else block_r
   block_s = DEFAULT_BLOCK_S if block_s is None else block_s
   common.validate_pow2("block_r", block_r, common.TRITON_MIN_DOT)
   common.validate_pow2("block_s", block_s, common.TRITON_MIN_DOT)

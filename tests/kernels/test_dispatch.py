@@ -48,12 +48,14 @@ def test_not_implemented_falls_back_to_reference(make_inputs, monkeypatch):
   np.testing.assert_array_equal(np.asarray(out), np.asarray(tree_attention_reference(*args)))
 
 
-def test_gpu_plan_rejects_untileable_shapes():
+def test_gpu_plan_tiles_any_group_and_rejects_other_head_dims():
   with pytest.raises(NotImplementedError, match="head dim"):
     gpu.plan(t=4, h=4, kv_heads=2, head_dim=96, block_s=None, block_r=None)
-  with pytest.raises(NotImplementedError, match="group"):
-    gpu.plan(t=4, h=6, kv_heads=2, head_dim=64, block_s=None, block_r=None)
   assert gpu.plan(t=5, h=8, kv_heads=2, head_dim=64, block_s=None, block_r=None) == (16, 64, 64)
+  # G = 3 (SmolLM2: 9 query / 3 kv heads): 48 folded rows in blocks of 16.
+  assert gpu.plan(t=1, h=9, kv_heads=3, head_dim=64, block_s=None, block_r=None) == (16, 16, 64)
+  with pytest.raises(common.BlockSizeError, match="divide"):
+    gpu.plan(t=1, h=9, kv_heads=3, head_dim=64, block_s=None, block_r=32)
 
 
 def test_unknown_implementation():

@@ -127,6 +127,11 @@ class TestGpuKernel(KernelVsReference):
   kernel = staticmethod(tree_attention_gpu)
   platform = "gpu"
 
+  def test_group_of_three_like_smollm2(self, make_inputs):
+    # 9 query heads over 3 kv heads, Dh=64: 48 folded rows in three 16-row blocks.
+    args = make_inputs(b=2, t=1, h=9, k=3, s=37, dh=64, seed=11)
+    assert_close(self.run(args), tree_attention_reference(*args), jnp.float32, 38)
+
 
 # --- the reference on hand-worked cases --------------------------------------------------------
 
