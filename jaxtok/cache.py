@@ -30,6 +30,10 @@ class KVCache:
   v: tuple[Float[Array, "B K S Dh"], ...]
   pos: Int[Array, "B S"]  # absolute position of each slot's token, -1 = empty
   length: Int[Array, "B"]
+  # Static: True only for a cache fresh from init_cache (every slot empty). Attention then runs
+  # over the new block alone: nothing in the cache is visible, and the dense XLA path would
+  # still score all S slots (2x the cost of a 512-token prefill on CPU). Any write clears it.
+  empty: bool = struct.field(pytree_node=False, default=False)
 
   @property
   def capacity(self) -> int:
@@ -47,7 +51,7 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None,
   zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))  # noqa: E731
   return KVCache(k=zeros(), v=zeros(),
                  pos=jnp.full((batch, capacity), -1, jnp.int32),
-                 length=jnp.zeros((batch,), jnp.int32))
+                 length=jnp.zeros((batch,), jnp.int32), empty=True)
 
 
 def write_block(cache_BxSx: Array, new_BxTx: Array, start_B: Int[Array, "B"]) -> Array:

@@ -88,8 +88,11 @@ class Transformer(nnx.Module):
 
     new_k, new_v = [], []
     for i, block in enumerate(self.blocks):
-      # cache.k[i], cache.v[i]: this layer's own [B, K, S, Dh] arrays (no slice, no copy).
-      layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.length)
+      # cache.k[i], cache.v[i]: this layer's own [B, K, S, Dh] arrays (no slice, no copy). An
+      # empty cache has nothing to see: the block attends to itself under `mask`, as it would
+      # through the cache with length 0.
+      layer_cache = (None if cache is None or cache.empty else
+                     (cache.k[i], cache.v[i], cache.length))
       x_BxTxD, k_new, v_new = block(x_BxTxD, angles, mask, layer_cache)
       new_k.append(k_new)
       new_v.append(v_new)
@@ -118,7 +121,7 @@ def _append(cache: KVCache, k_new: list, v_new: list, order_BxT) -> KVCache:
   v = tuple(write_kv(c, n, start_B) for c, n in zip(cache.v, v_new))
   pos = write_block(cache.pos, order_BxT.astype(jnp.int32), start_B)
   n_valid_B = jnp.sum(order_BxT >= 0, axis=1).astype(jnp.int32)
-  return cache.replace(k=k, v=v, pos=pos, length=cache.length + n_valid_B)
+  return cache.replace(k=k, v=v, pos=pos, length=cache.length + n_valid_B, empty=False)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:

@@ -82,6 +82,22 @@ def test_ragged_prefill_padding_is_ignored():
   np.testing.assert_allclose(nxt[1, 0], ref[0, 3], atol=1e-5)
 
 
+def test_empty_cache_shortcut_equals_attending_through_the_cache():
+  """A fresh cache skips its S empty slots; the general path (length 0) must give the same."""
+  g, p = _model()
+  x = _tokens(2, 6)
+  pos = jnp.array([[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, -1, -1]])
+  fresh = init_cache(ModelConfig(**SMALL), 2, 16)
+  assert fresh.empty
+  logits_a, cache_a = forward(g, p, x, pos, cache=fresh)
+  logits_b, cache_b = forward(g, p, x, pos, cache=fresh.replace(empty=False))
+  assert not cache_a.empty and not cache_b.empty
+  np.testing.assert_allclose(logits_a, logits_b, atol=1e-6)
+  for got, want in zip(cache_a.k + cache_a.v, cache_b.k + cache_b.v):
+    np.testing.assert_allclose(got, want, atol=1e-6)  # layer 2 sees layer 1's rounding
+  np.testing.assert_array_equal(cache_a.length, [6, 4])
+
+
 def test_tree_mask_in_cache_equals_path_attention():
   """A node attending to the cache + its ancestors equals a plain causal run along its path."""
   g, p = _model()
