@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtok.cache import write_kv
 from jaxtok.nn import attention as attn_lib
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.rope import apply_rope
@@ -69,7 +70,11 @@ class Attention(nnx.Module):
                     ("heads", "head_dim", "embed"))
 
   def __call__(self, x_BxTxD, angles_BxTxDh2, mask, layer_cache):
-    """``layer_cache`` is None or (k_BxKxSxDh, v_BxKxSxDh, length_B); returns (out, new k, v)."""
+    """Returns (out, this layer's cache with the block written at ``length``, or None).
+
+    ``layer_cache`` is None or (k_BxKxSxDh, v_BxKxSxDh, length_B, empty); ``empty`` (static)
+    says no slot is visible, so the block attends to itself alone.
+    """
     dt = x_BxTxD.dtype
     b, t, d = x_BxTxD.shape
     # 2-D matmuls over [B*T, D] rows and [D, heads*Dh] weights (see MLP); the parameters keep
@@ -81,13 +86,19 @@ class Attention(nnx.Module):
     if angles_BxTxDh2 is not None:
       q_BxTxHxDh = apply_rope(q_BxTxHxDh, angles_BxTxDh2)
       k_BxTxKxDh = apply_rope(k_BxTxKxDh, angles_BxTxDh2)
-    if layer_cache is None:
+    kv_cache = None
+    if layer_cache is None or layer_cache[3]:
       o_BxTxHxDh = attn_lib.attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask)
-    else:
-      k_cache, v_cache, length_B = layer_cache
-      o_BxTxHxDh = attn_lib.cached_attention(q_BxTxHxDh, k_cache, v_cache, length_B,
-                                             k_BxTxKxDh, v_BxTxKxDh, mask)
+    if layer_cache is not None:
+      k_cache, v_cache, length_B, empty = layer_cache
+      # Write first, then attend over the written arrays (slots >= length stay invisible as
+      # cache slots; the block is seen through k/v_new under the mask). Reading the old buffer
+      # beside an independent write made XLA copy every layer's cache on every decode step.
+      kv_cache = (write_kv(k_cache, k_BxTxKxDh, length_B), write_kv(v_cache, v_BxTxKxDh, length_B))
+      if not empty:
+        o_BxTxHxDh = attn_lib.cached_attention(q_BxTxHxDh, *kv_cache, length_B, k_BxTxKxDh,
+                                               v_BxTxKxDh, mask)
     h, dh = self.wo.shape[:2]
     out_NxD = o_BxTxHxDh.astype(dt).reshape(b * t, h * dh) @ self.wo[...].astype(dt).reshape(
         h * dh, d)
-    return out_NxD.reshape(b, t, d), k_BxTxKxDh, v_BxTxKxDh
+    return out_NxD.reshape(b, t, d), kv_cache

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxtok.cache import KVCache, write_block, write_kv
+from jaxtok.cache import KVCache, write_block
 from jaxtok.nn import masks
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.layers import MLP, Attention, RMSNorm, param
@@ -28,9 +28,9 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs)
 
   def __call__(self, x_BxTxD, angles, mask, layer_cache):
-    a_BxTxD, k_new, v_new = self.attn(self.attn_norm(x_BxTxD), angles, mask, layer_cache)
+    a_BxTxD, kv_cache = self.attn(self.attn_norm(x_BxTxD), angles, mask, layer_cache)
     x_BxTxD = x_BxTxD + a_BxTxD
-    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), k_new, v_new
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), kv_cache
 
 
 class Transformer(nnx.Module):
@@ -86,16 +86,15 @@ class Transformer(nnx.Module):
       mask = masks.causal(t, b)
     x_BxTxD = x_BxTxD.astype(dt)
 
-    new_k, new_v = [], []
+    written = []
     for i, block in enumerate(self.blocks):
       # cache.k[i], cache.v[i]: this layer's own [B, K, S, Dh] arrays (no slice, no copy). An
       # empty cache has nothing to see: the block attends to itself under `mask`, as it would
       # through the cache with length 0.
-      layer_cache = (None if cache is None or cache.empty else
-                     (cache.k[i], cache.v[i], cache.length))
-      x_BxTxD, k_new, v_new = block(x_BxTxD, angles, mask, layer_cache)
-      new_k.append(k_new)
-      new_v.append(v_new)
+      layer_cache = (None if cache is None else
+                     (cache.k[i], cache.v[i], cache.length, cache.empty))
+      x_BxTxD, kv_cache = block(x_BxTxD, angles, mask, layer_cache)
+      written.append(kv_cache)
 
     if logits_at_BxN is not None:
       x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxN[..., None], axis=1)
@@ -110,18 +109,17 @@ class Transformer(nnx.Module):
                                      preferred_element_type=jnp.float32)
                           for w in self.extra_heads))
     if cache is not None:
-      cache = _append(cache, new_k, new_v, order_BxT)
+      cache = _advance(cache, written, order_BxT)
     return logits, cache
 
 
-def _append(cache: KVCache, k_new: list, v_new: list, order_BxT) -> KVCache:
-  """Writes each layer's new [B, T, K, Dh] keys/values at slot ``length`` of its own cache."""
-  start_B = cache.length
-  k = tuple(write_kv(c, n, start_B) for c, n in zip(cache.k, k_new))
-  v = tuple(write_kv(c, n, start_B) for c, n in zip(cache.v, v_new))
-  pos = write_block(cache.pos, order_BxT.astype(jnp.int32), start_B)
+def _advance(cache: KVCache, written: list, order_BxT) -> KVCache:
+  """The cache after the block: each layer's (k, v) as written by its attention, the block's
+  positions at slot ``length``, and ``length`` advanced by its non-padding tokens."""
+  pos = write_block(cache.pos, order_BxT.astype(jnp.int32), cache.length)
   n_valid_B = jnp.sum(order_BxT >= 0, axis=1).astype(jnp.int32)
-  return cache.replace(k=k, v=v, pos=pos, length=cache.length + n_valid_B, empty=False)
+  return cache.replace(k=tuple(k for k, _ in written), v=tuple(v for _, v in written), pos=pos,
+                       length=cache.length + n_valid_B, empty=False)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:

@@ -35,32 +35,37 @@ def tree_attention_reference(
   kv, s = k_cache_BxKxSxDh.shape[1], k_cache_BxKxSxDh.shape[2]
   g = h // kv
   cache_dtype = k_cache_BxKxSxDh.dtype
-
-  # Keys/values the block can see: the whole cache (S slots) followed by the block (T nodes).
-  def with_block(cache_BxKxSxDh, new_BxTxKxDh):
-    new_BxKxTxDh = jnp.swapaxes(new_BxTxKxDh.astype(cache_dtype), 1, 2)
-    return jnp.concatenate([cache_BxKxSxDh, new_BxKxTxDh], axis=2)
-  k_BxKxNxDh = with_block(k_cache_BxKxSxDh, k_new_BxTxKxDh)
-  v_BxKxNxDh = with_block(v_cache_BxKxSxDh, v_new_BxTxKxDh)
+  # The new block kv-head-major like the cache, in the cache dtype (as it will be stored).
+  k_new_BxKxTxDh = jnp.swapaxes(k_new_BxTxKxDh.astype(cache_dtype), 1, 2)
+  v_new_BxKxTxDh = jnp.swapaxes(v_new_BxTxKxDh.astype(cache_dtype), 1, 2)
   # Visibility: slot s is visible to every node iff s < cache_len; node j iff mask[t, j].
   cache_vis_BxTxS = jnp.broadcast_to(
       (jnp.arange(s)[None, :] < cache_len_B[:, None])[:, None, :], (b, t, s))
   vis_BxTxN = jnp.concatenate([cache_vis_BxTxS, block_mask_BxTxT.astype(bool)], axis=-1)
 
   # GQA: query head h = k * G + g shares kv head k. Queries go kv-head-major, [B, K, G*T, Dh]
-  # (row r = g * T + t), so both contractions are plain batched matmuls over (B, K): XLA:CPU
+  # (row r = g * T + t), so every contraction is a plain batched matmul over (B, K): XLA:CPU
   # runs the "btkgd,bknd" form of the same product ~5x slower.
   q_BxKxRxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(
       b, kv, g * t, dh)
-  scores_BxKxRxN = jnp.einsum("bkrd,bknd->bkrn", q_BxKxRxDh, k_BxKxNxDh,
-                              preferred_element_type=jnp.float32)
-  scores_BxKxGxTxN = scores_BxKxRxN.reshape(b, kv, g, t, -1) / jnp.sqrt(jnp.float32(dh))
+
+  def scores(keys_BxKxNxDh):
+    return jnp.einsum("bkrd,bknd->bkrn", q_BxKxRxDh, keys_BxKxNxDh,
+                      preferred_element_type=jnp.float32)
+  # Scores against the cache and against the block, side by side: the N = S + T columns of
+  # concat(cache, block) without copying the cache (a full copy per layer per decode step).
+  scores_BxKxRxN = jnp.concatenate([scores(k_cache_BxKxSxDh), scores(k_new_BxKxTxDh)], -1)
+  scores_BxKxGxTxN = scores_BxKxRxN.reshape(b, kv, g, t, s + t) / jnp.sqrt(jnp.float32(dh))
   vis = vis_BxTxN[:, None, None, :, :]
   # fp32 softmax: bf16 exponentials lose the small weights that decide long-context outputs.
   p_BxKxGxTxN = jax.nn.softmax(jnp.where(vis, scores_BxKxGxTxN, _MASKED), axis=-1)
   p_BxKxGxTxN = jnp.where(vis, p_BxKxGxTxN, 0.0)  # nothing visible -> 0, not a uniform average
-  out_BxKxRxDh = jnp.einsum("bkrn,bknd->bkrd",
-                            p_BxKxGxTxN.reshape(b, kv, g * t, -1).astype(cache_dtype),
-                            v_BxKxNxDh, preferred_element_type=jnp.float32)
+  p_BxKxRxN = p_BxKxGxTxN.reshape(b, kv, g * t, s + t).astype(cache_dtype)
+
+  def attend(p_BxKxRxM, values_BxKxMxDh):
+    return jnp.einsum("bkrm,bkmd->bkrd", p_BxKxRxM, values_BxKxMxDh,
+                      preferred_element_type=jnp.float32)
+  out_BxKxRxDh = attend(p_BxKxRxN[..., :s], v_cache_BxKxSxDh) + attend(p_BxKxRxN[..., s:],
+                                                                       v_new_BxKxTxDh)
   out_BxTxKxGxDh = out_BxKxRxDh.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4)
   return out_BxTxKxGxDh.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
