@@ -32,7 +32,7 @@ class KVCache:
   length: Int[Array, "B"]
   # Static: True only for a cache fresh from init_cache (every slot empty). Attention then runs
   # over the new block alone: nothing in the cache is visible, and the dense XLA path would
-  # still score all S slots (2x the cost of a 512-token prefill on CPU). Any write clears it.
+  # still score all S slots (1.8x the time of a 512-token prefill on CPU). A write clears it.
   empty: bool = struct.field(pytree_node=False, default=False)
 
   @property

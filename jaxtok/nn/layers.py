@@ -86,16 +86,19 @@ class Attention(nnx.Module):
     if angles_BxTxDh2 is not None:
       q_BxTxHxDh = apply_rope(q_BxTxHxDh, angles_BxTxDh2)
       k_BxTxKxDh = apply_rope(k_BxTxKxDh, angles_BxTxDh2)
-    kv_cache = None
-    if layer_cache is None or layer_cache[3]:
+    if layer_cache is None:
       o_BxTxHxDh = attn_lib.attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask)
-    if layer_cache is not None:
+      kv_cache = None
+    else:
       k_cache, v_cache, length_B, empty = layer_cache
       # Write first, then attend over the written arrays (slots >= length stay invisible as
       # cache slots; the block is seen through k/v_new under the mask). Reading the old buffer
       # beside an independent write made XLA copy every layer's cache on every decode step.
-      kv_cache = (write_kv(k_cache, k_BxTxKxDh, length_B), write_kv(v_cache, v_BxTxKxDh, length_B))
-      if not empty:
+      kv_cache = (write_kv(k_cache, k_BxTxKxDh, length_B),
+                  write_kv(v_cache, v_BxTxKxDh, length_B))
+      if empty:  # nothing in the cache is visible: the block attends to itself alone
+        o_BxTxHxDh = attn_lib.attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask)
+      else:
         o_BxTxHxDh = attn_lib.cached_attention(q_BxTxHxDh, *kv_cache, length_B, k_BxTxKxDh,
                                                v_BxTxKxDh, mask)
     h, dh = self.wo.shape[:2]

@@ -88,9 +88,7 @@ class Transformer(nnx.Module):
 
     written = []
     for i, block in enumerate(self.blocks):
-      # cache.k[i], cache.v[i]: this layer's own [B, K, S, Dh] arrays (no slice, no copy). An
-      # empty cache has nothing to see: the block attends to itself under `mask`, as it would
-      # through the cache with length 0.
+      # cache.k[i], cache.v[i]: this layer's own [B, K, S, Dh] arrays (no slice, no copy).
       layer_cache = (None if cache is None else
                      (cache.k[i], cache.v[i], cache.length, cache.empty))
       x_BxTxD, kv_cache = block(x_BxTxD, angles, mask, layer_cache)
