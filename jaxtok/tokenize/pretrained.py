@@ -173,10 +173,19 @@ class PretrainedTokenizer:
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
       raise FileNotFoundError(f"{path}: no tokenizer.json")
-    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    try:
+      tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
+      raise ValueError(f"{path / 'tokenizer.json'}: not a valid tokenizers file ({e})") from e
     conf = {}
     if (path / "tokenizer_config.json").is_file():
-      conf = json.loads((path / "tokenizer_config.json").read_text())
+      try:
+        conf = json.loads((path / "tokenizer_config.json").read_text())
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path / 'tokenizer_config.json'}: not valid JSON ({e})") from e
+      if not isinstance(conf, dict):
+        raise ValueError(f"{path / 'tokenizer_config.json'}: expected a JSON object, got "
+                         f"{type(conf).__name__}")
 
     def tid(key):
       v = conf.get(key)

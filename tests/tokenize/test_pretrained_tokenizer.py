@@ -86,3 +86,18 @@ def test_missing_bytes_are_reported(tok):
                                  "12", "x", "\t"]), max_size=20).map("".join))
 def test_round_trip_structured(tok, text):
   assert tok.decode(tok.encode(text)) == text
+
+
+def test_corrupt_tokenizer_files_name_the_file(tmp_path):
+  (tmp_path / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [')
+  with pytest.raises(ValueError, match=r"tokenizer\.json: not a valid tokenizers file"):
+    PretrainedTokenizer.from_hf_dir(tmp_path)
+  from tokenizers import Tokenizer, models
+  Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[])).save(str(tmp_path / "tokenizer.json"))
+  assert PretrainedTokenizer.from_hf_dir(tmp_path).tokenizer.get_vocab_size() == 2
+  (tmp_path / "tokenizer_config.json").write_text('{"bos_token": ')
+  with pytest.raises(ValueError, match=r"tokenizer_config\.json: not valid JSON"):
+    PretrainedTokenizer.from_hf_dir(tmp_path)
+  (tmp_path / "tokenizer_config.json").write_text("[1, 2]")
+  with pytest.raises(ValueError, match="expected a JSON object"):
+    PretrainedTokenizer.from_hf_dir(tmp_path)
