@@ -19,7 +19,8 @@ _PEAK_BW = {"TPU v4": 1.2e12, "TPU v5 lite": 8.19e11, "TPU v5e": 8.19e11, "TPU v
 
 # (label, B, T, H, K, S, Dh, live cache fraction)
 _CASES = [("decode", 8, 1, 32, 8, 4096, 128, 1.0), ("decode-half", 8, 1, 32, 8, 4096, 128, 0.5),
-          ("tree", 4, 64, 32, 8, 4096, 128, 1.0), ("prefill", 1, 128, 32, 8, 8192, 128, 1.0)]
+          ("tree", 4, 64, 32, 8, 4096, 128, 1.0), ("prefill", 1, 128, 32, 8, 8192, 128, 1.0),
+          ("decode-smollm2", 8, 1, 9, 3, 8192, 64, 0.5)]
 
 
 def _peak_bandwidth(device) -> float | None:
