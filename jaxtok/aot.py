@@ -1,15 +1,24 @@
-"""Ahead-of-time compile of an experiment's sharded train step for a TPU topology, on a CPU.
+"""Ahead-of-time compiles for TPU and GPU targets on a CPU machine: train step and decoding.
 
 ``jaxtok aot --exp lm --preset pod --topology v5e:4x4 [--side .side]`` builds the same mesh,
 parameter shardings and ``train_step`` that the pod run uses, on libtpu's compile-only devices,
 and prints per-device memory against the chip's HBM, so an out-of-memory shows before pod time.
-libtpu lives in a side folder (``pip install --target .side/tpu "libtpu==0.0.50.*"``, as
-.ci/compile_kernels.sh does); with ``--side`` the compile runs in a subprocess with it on the path.
+
+``jaxtok aot --decode smollm2-135m --target tpu-v5e|tpu-v6e|h100 [--batch 8 --prompt-len 512
+--new-tokens 128 --dtype bfloat16] [--side .side]`` compiles the whole generation loop of a
+pretrained model (abstract weights: nothing is loaded but the config) for one device of the
+target, with the dispatchers choosing that target's Pallas kernel, and reports its memory,
+whether the kernel is in the program, and whether the loop copies any layer's KV cache.
+
+libtpu and the jax-cuda12 plugin live in a side folder (``pip install --target .side/tpu
+"libtpu==0.0.50.*"``, as .ci/compile_kernels.sh does); with ``--side`` the compile runs in a
+subprocess with the target's plugin on the path.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -69,6 +78,67 @@ def report(result: dict, topology: str) -> str:
   return "\n".join(lines)
 
 
+def compile_decode(model: str, target: str, *, batch: int, prompt_len: int, new_tokens: int,
+                   dtype: str) -> dict:
+  """Compile ``decode.generate``'s loop for one device of `target`; memory and HLO facts."""
+  import jax
+  from flax import nnx
+
+  from jaxtok import decode, hlo
+  from jaxtok.models import gguf_loader, registry
+  from jaxtok.nn.transformer import init_model
+  from jaxtok_kernels import common, targets
+
+  path = registry.resolve(model) if not os.path.exists(model) else model
+  meta, _ = gguf_loader.read_header(path)
+  cfg = gguf_loader.config_from_metadata(meta, dtype=dtype, path=path, max_len=None)
+  capacity = prompt_len + new_tokens
+  if capacity > cfg.max_len:
+    raise ValueError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} exceeds the model "
+                     f"context {cfg.max_len}")
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: init_model(cfg)))
+  ctx, sharding = targets.abstract_placement(target)
+
+  def place(x, dt=None):
+    return jax.ShapeDtypeStruct(x.shape, dt or x.dtype, sharding=sharding)
+  # Weights in the compute dtype, as load(dtype=...) stores them.
+  params = jax.tree.map(lambda x: place(x, dtype if x.dtype == "float32" else None), abstract)
+  prompt = jax.ShapeDtypeStruct((batch, prompt_len), "int32", sharding=sharding)
+  lens = jax.ShapeDtypeStruct((batch,), "int32", sharding=sharding)
+  key = place(jax.eval_shape(lambda: jax.random.key(0)))
+  with ctx, common.compile_for(targets.family(target)):
+    compiled = decode._generate.trace(
+        graphdef, params, prompt, lens, key, cfg=cfg, capacity=capacity,
+        max_new_tokens=new_tokens, sampling=decode.Sampling(), eos_id=None).lower().compile()
+  text = compiled.as_text()
+  mem = compiled.memory_analysis()
+  cache_shape = (batch, cfg.kv_heads, capacity, cfg.dh)
+  cache_dtype = {"float32": "f32", "bfloat16": "bf16"}[dtype]
+  return {"model": model, "target": target, "cfg": cfg, "cache_shape": cache_shape,
+          "argument_bytes": mem.argument_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
+          "kernel_calls": len(re.findall(r"tree_attention_(?:tpu|gpu)", text)),
+          "loop_cache_copies": len(hlo.copies_of(hlo.while_body_lines(text), cache_dtype,
+                                                 cache_shape))}
+
+
+def decode_report(r: dict) -> str:
+  gib = 2**30
+  cfg = r["cfg"]
+  return "\n".join([
+      f"{r['model']} on {r['target']}: {cfg.n_layers} layers, d={cfg.d_model}, "
+      f"{cfg.n_heads}/{cfg.n_kv_heads} heads, {cfg.dtype}; cache per layer {r['cache_shape']}",
+      f"memory: arguments {r['argument_bytes'] / gib:.3f} GiB, temporaries "
+      f"{r['temp_bytes'] / gib:.3f} GiB",
+      f"tree-attention kernel in the program: {'yes' if r['kernel_calls'] else 'NO'}; "
+      f"KV-cache copies per decode step: {r['loop_cache_copies']}"])
+
+
+def _side_folder(side: str, argv: list[str]) -> str:
+  """The side install a subprocess needs: cuda/ for a GPU --target, else tpu/."""
+  target = argv[argv.index("--target") + 1] if "--target" in argv[:-1] else ""
+  return os.path.join(side, "cuda" if target in ("h100",) else "tpu")
+
+
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="jaxtok aot", description=__doc__.split("\n")[0])
   p.add_argument("--exp", default="lm")
@@ -76,19 +146,28 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--topology", default="v5e:4x4", help="libtpu topology, e.g. v5e:4x4, v6e:8x8")
   p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=V")
   p.add_argument("--side", default=os.environ.get("JAXTOK_COMPILE_SIDE"),
-                 help="folder holding tpu/ (libtpu installed with pip --target)")
+                 help="folder holding tpu/ and cuda/ (installed with pip --target)")
+  p.add_argument("--decode", default=None, metavar="MODEL",
+                 help="compile generation of this pretrained model instead of a train step")
+  p.add_argument("--target", default="tpu-v5e", help="--decode: tpu-v5e, tpu-v6e or h100")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--prompt-len", type=int, default=512)
+  p.add_argument("--new-tokens", type=int, default=128)
+  p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
   args = p.parse_args(argv)
   if args.side:
+    rest = list(argv if argv is not None else sys.argv[1:])
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1",
-           "PYTHONPATH": os.pathsep.join(x for x in (os.path.join(args.side, "tpu"),
+           "PYTHONPATH": os.pathsep.join(x for x in (_side_folder(args.side, rest),
                                                      os.environ.get("PYTHONPATH")) if x)}
     env.pop("XLA_FLAGS", None)
     env.pop("JAXTOK_COMPILE_SIDE", None)
-    rest = [a for a in (argv if argv is not None else sys.argv[1:])]
     i = rest.index("--side") if "--side" in rest else None
     if i is not None:
       del rest[i:i + 2]
     return subprocess.call([sys.executable, "-m", "jaxtok.aot", *rest], env=env)
+  if args.decode is not None:
+    return _decode_main(args)
 
   from jaxtok_experiments import runner
   try:
@@ -111,6 +190,26 @@ def main(argv: list[str] | None = None) -> int:
     return 1
   print(report(result, args.topology))
   return 0
+
+
+def _decode_main(args) -> int:
+  from jaxtok_kernels import targets
+
+  for name in ("batch", "prompt_len", "new_tokens"):
+    if getattr(args, name) <= 0:
+      print(f"jaxtok aot: error: --{name.replace('_', '-')} must be positive, got "
+            f"{getattr(args, name)}", file=sys.stderr)
+      return 2
+  try:
+    targets.family(args.target)
+    result = compile_decode(args.decode, args.target, batch=args.batch,
+                            prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                            dtype=args.dtype)
+  except (ValueError, ModuleNotFoundError, FileNotFoundError) as e:
+    print(f"jaxtok aot: error: {e}", file=sys.stderr)
+    return 2
+  print(decode_report(result))
+  return 0 if result["kernel_calls"] and not result["loop_cache_copies"] else 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ Nothing here calls JAX at import time.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -109,8 +111,35 @@ def tolerance(dtype, reduction_size: int = 1) -> float:
   return base * max(1.0, math.sqrt(reduction_size / 128))
 
 
+# Platform the dispatchers trace for when it is not the process's own (see compile_for).
+_TARGET_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "jaxtok_kernels_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def compile_for(platform: str):
+  """Dispatchers pick `platform`'s kernels ("tpu" | "gpu" | "cpu") while tracing in this block.
+
+  For ahead-of-time compiles for a device this process cannot see (`jaxtok aot --decode`):
+  the default backend is then the CPU, and tracing would otherwise pick the CPU reference.
+  Functions jitted outside the block keep what they traced first, so trace each target in
+  its own process (as `jaxtok aot` does).
+  """
+  if platform not in ("tpu", "gpu", "cpu"):
+    raise ValueError(f"compile_for: platform must be 'tpu', 'gpu' or 'cpu', got {platform!r}")
+  token = _TARGET_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET_PLATFORM.reset(token)
+
+
 def backend() -> str:
-  """'tpu', 'gpu' or 'cpu' - the platform of JAX's default backend (a JAX call: not at import)."""
+  """'tpu', 'gpu' or 'cpu' - the platform kernels are traced for: compile_for's, else that of
+  JAX's default backend (a JAX call: not at import)."""
+  forced = _TARGET_PLATFORM.get()
+  if forced is not None:
+    return forced
   platform = jax.default_backend()
   if platform in ("cuda", "rocm", "gpu"):
     return "gpu"

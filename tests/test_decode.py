@@ -1,11 +1,10 @@
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from jaxtok import hlo
 from jaxtok.decode import Sampling, _generate, generate, sample
 from jaxtok.nn import ModelConfig, default_positions, forward, init_model
 
@@ -66,19 +65,6 @@ def test_bad_generation_arguments(model):
     Sampling(temperature=1.0, top_p=0.0)
 
 
-def _while_body_lines(hlo_text: str) -> list[str]:
-  """Instructions of the while loops' body computations in compiled HLO text."""
-  bodies = set(re.findall(r"body=(%[\w.\-]+)", hlo_text))
-  lines, current = [], None
-  for line in hlo_text.splitlines():
-    header = re.match(r"(?:ENTRY )?(%[\w.\-]+) ", line)
-    if header and not line.startswith(" "):
-      current = header.group(1)
-    elif current in bodies:
-      lines.append(line)
-  return lines
-
-
 def test_decode_loop_updates_the_cache_in_place(model):
   """No per-step copy of a layer's [B, K, S, Dh] cache inside the generation loop: one would
   cost a full pass over the cache per layer per token (it once doubled SmolLM2's step time)."""
@@ -87,8 +73,7 @@ def test_decode_loop_updates_the_cache_in_place(model):
   compiled = _generate.lower(g, p, jnp.zeros((b, 5), jnp.int32), jnp.full((b,), 5),
                              jax.random.key(0), cfg=CFG, capacity=capacity, max_new_tokens=4,
                              sampling=Sampling(), eos_id=None).compile()
-  body = _while_body_lines(compiled.as_text())
+  body = hlo.while_body_lines(compiled.as_text())
   assert body, "no while loop found in the compiled generation"
-  cache_shape = f"f32[{b},{CFG.kv_heads},{capacity},{CFG.dh}]"
-  copies = [ln for ln in body if re.search(re.escape(cache_shape) + r"\{[^}]*\} copy\(", ln)]
+  copies = hlo.copies_of(body, "f32", (b, CFG.kv_heads, capacity, CFG.dh))
   assert not copies, f"{len(copies)} cache copies per step, e.g. {copies[0].strip()[:160]}"

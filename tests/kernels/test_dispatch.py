@@ -136,3 +136,32 @@ def test_compile_gate_when_side_folders_exist():
                 "(.ci/compile_kernels.sh creates it) to run the TPU/H100 compile gate")
   from jaxtok_kernels import check
   assert check.main(["--targets", "tpu-v5e,h100", "--side", side]) == 0
+
+
+def _has_pallas_call(closed_jaxpr) -> bool:
+  for eqn in closed_jaxpr.jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      return True
+    inner = eqn.params.get("jaxpr")
+    if inner is not None and _has_pallas_call(inner):
+      return True
+  return False
+
+
+def test_compile_for_makes_the_dispatcher_trace_the_target_kernel(make_inputs):
+  # On this CPU the default dispatch is the reference; an ahead-of-time compile for a TPU or
+  # GPU (jaxtok aot --decode) must trace that target's Pallas kernel instead.
+  import jax
+
+  args = make_inputs(**SMALL, seed=5)
+
+  def traced():
+    return jax.make_jaxpr(lambda *a: jaxtok_kernels.tree_attention(*a))(*args)
+  assert not _has_pallas_call(traced())
+  with common.compile_for("tpu"):
+    assert common.backend() == "tpu" and _has_pallas_call(traced())
+  with common.compile_for("gpu"):
+    assert common.backend() == "gpu"
+  assert common.backend() == "cpu"
+  with pytest.raises(ValueError, match="platform"), common.compile_for("cuda"):
+    pass
