@@ -94,8 +94,11 @@ class Attention(nnx.Module):
       # Write first, then attend over the written arrays (slots >= length stay invisible as
       # cache slots; the block is seen through k/v_new under the mask). Reading the old buffer
       # beside an independent write made XLA copy every layer's cache on every decode step.
-      kv_cache = (write_kv(k_cache, k_BxTxKxDh, length_B),
-                  write_kv(v_cache, v_BxTxKxDh, length_B))
+      # The barrier makes the write one buffer that both the attention and the returned cache
+      # read: otherwise XLA may duplicate the update into each consumer (it does at batch 1),
+      # and two in-place updates of one buffer need a copy of the cache.
+      kv_cache = jax.lax.optimization_barrier((write_kv(k_cache, k_BxTxKxDh, length_B),
+                                               write_kv(v_cache, v_BxTxKxDh, length_B)))
       if empty:  # nothing in the cache is visible: the block attends to itself alone
         o_BxTxHxDh = attn_lib.attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask)
       else:
