@@ -91,12 +91,11 @@ class Attention(nnx.Module):
       kv_cache = None
     else:
       k_cache, v_cache, length_B, empty = layer_cache
-      # Write first, then attend over the written arrays (slots >= length stay invisible as
-      # cache slots; the block is seen through k/v_new under the mask). Reading the old buffer
-      # beside an independent write made XLA copy every layer's cache on every decode step.
-      # The barrier makes the write one buffer that both the attention and the returned cache
-      # read: otherwise XLA may duplicate the update into each consumer (it does at batch 1),
-      # and two in-place updates of one buffer need a copy of the cache.
+      # Write first, then attend over the written arrays (slots >= length are not visible as
+      # cache slots; the block is seen through k/v_new under the mask), and keep the write one
+      # buffer (the barrier). A read of the old cache beside the write, or the write duplicated
+      # into both consumers (XLA does that at batch 1), made XLA copy every layer's cache on
+      # every decode step (tests/test_decode.py checks the compiled loop).
       kv_cache = jax.lax.optimization_barrier((write_kv(k_cache, k_BxTxKxDh, length_B),
                                                write_kv(v_cache, v_BxTxKxDh, length_B)))
       if empty:  # nothing in the cache is visible: the block attends to itself alone
