@@ -135,8 +135,10 @@ def decode_report(r: dict) -> str:
 
 def _side_folder(side: str, argv: list[str]) -> str:
   """The side install a subprocess needs: cuda/ for a GPU --target, else tpu/."""
+  from jaxtok_kernels.targets import GPU_TARGETS
+
   target = argv[argv.index("--target") + 1] if "--target" in argv[:-1] else ""
-  return os.path.join(side, "cuda" if target in ("h100",) else "tpu")
+  return os.path.join(side, "cuda" if target in GPU_TARGETS else "tpu")
 
 
 def main(argv: list[str] | None = None) -> int:
