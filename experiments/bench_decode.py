@@ -93,7 +93,6 @@ def _jax_rows(args, batches, dtypes) -> tuple[list[dict], int]:
   import jax.numpy as jnp
 
   from jaxtok import decode
-  from jaxtok.cache import init_cache
   from jaxtok.models import load
 
   rows = []
@@ -104,7 +103,9 @@ def _jax_rows(args, batches, dtypes) -> tuple[list[dict], int]:
     if t + n > cfg.max_len:
       raise ValueError(f"--prompt-len {t} + --new-tokens {n} exceeds the model context "
                        f"{cfg.max_len}")
-    prefill = jax.jit(lambda p, c, x, l: decode.prefill(g, p, c, x, l))  # noqa: E731
+    # Prefill alone = the driver's start (fresh cache, prefill, empty output buffer).
+    begin = jax.jit(lambda p, x, l: decode.start(g, p, x, l, jax.random.key(0),  # noqa: E731
+                                                 capacity=t + n, max_new_tokens=n))
     for b in batches:
       rng = np.random.default_rng(0)
       prompt = jnp.asarray(rng.integers(100, cfg.vocab_size, (b, t)), jnp.int32)
@@ -118,7 +119,7 @@ def _jax_rows(args, batches, dtypes) -> tuple[list[dict], int]:
             jax.block_until_ready(decode.generate(g, params, prompt, lens, max_new_tokens=new,
                                                   capacity=t + n))
           else:
-            jax.block_until_ready(prefill(params, init_cache(cfg, b, t + n), prompt, lens))
+            jax.block_until_ready(begin(params, prompt, lens))
           times.append(time.perf_counter() - t0)
         if rep:
           best = [min(a, x) for a, x in zip(best, times)]

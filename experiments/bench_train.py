@@ -89,16 +89,15 @@ class JaxTrainer:
     import jax
 
     from jaxtok.train import loop
-    from jaxtok.train.step import token_losses
+    from jaxtok.train.losses import next_token_loss
 
     self.s = loop.setup(cfg.model, cfg.train, cfg.mesh)
     self.state = loop.init_state(self.s, cfg.model, cfg.train.seed)
     self.batch = loop.to_global(batch, self.s.batch_sharding)
     self.weights = flat_params(self.state.params)
-    losses = jax.jit(lambda p, b: token_losses(self.s.graphdef, p, b))(
+    loss, _ = jax.jit(lambda p, b: next_token_loss(self.s.graphdef, p, b, None))(
         self.state.params, self.batch)
-    w = np.asarray(batch["weights"])
-    self.init_loss = float((np.asarray(losses) * w).sum() / max(w.sum(), 1.0))
+    self.init_loss = float(loss)
     self.step_fn = loop.compile_train_step(self.s)
     t0 = time.perf_counter()
     self.time_steps(1)

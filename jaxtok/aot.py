@@ -30,12 +30,11 @@ def compile_train_step(cfg, topology: str) -> dict:
   import jax
   from jax.experimental import topologies
 
-  from jaxtok.train.loop import compile_train_step as jit_step, setup
+  from jaxtok.train.loop import compile_train_step as jit_step, fresh_state, setup
 
   topo = topologies.get_topology_desc(topology, "tpu")
   s = setup(cfg.model, cfg.train, cfg.mesh, devices=topo.devices)
-  state_sds = jax.eval_shape(
-      lambda: _abstract_state(s, cfg.model, cfg.train.seed))
+  state_sds = jax.eval_shape(lambda: fresh_state(s, cfg.model, cfg.train.seed))
   state_sds = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                            state_sds, s.state_shardings)
   b, t = cfg.data.batch_size, cfg.data.seq_len
@@ -49,17 +48,6 @@ def compile_train_step(cfg, topology: str) -> dict:
           "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
           "temp_bytes": mem.temp_size_in_bytes, "code_bytes": mem.generated_code_size_in_bytes,
           "flops_per_device": (cost or {}).get("flops", float("nan"))}
-
-
-def _abstract_state(s, model_cfg, seed):
-  from flax import nnx
-
-  from jaxtok.nn.transformer import init_model
-  from jaxtok.train.step import TrainState
-  import jax.numpy as jnp
-
-  params = nnx.split(init_model(model_cfg, seed))[1]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=s.tx.init(params))
 
 
 def report(result: dict, topology: str) -> str:
@@ -80,7 +68,7 @@ def report(result: dict, topology: str) -> str:
 
 def compile_decode(model: str, target: str, *, batch: int, prompt_len: int, new_tokens: int,
                    dtype: str) -> dict:
-  """Compile ``decode.generate``'s loop for one device of `target`; memory and HLO facts."""
+  """Compile ``decode.generate_on_device``'s loop for one device of `target`; memory and HLO facts."""
   import jax
   from flax import nnx
 
@@ -96,7 +84,7 @@ def compile_decode(model: str, target: str, *, batch: int, prompt_len: int, new_
   if capacity > cfg.max_len:
     raise ValueError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} exceeds the model "
                      f"context {cfg.max_len}")
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: init_model(cfg)))
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: init_model(cfg)), nnx.Param)
   ctx, sharding = targets.abstract_placement(target)
 
   def place(x, dt=None):
@@ -107,8 +95,8 @@ def compile_decode(model: str, target: str, *, batch: int, prompt_len: int, new_
   lens = jax.ShapeDtypeStruct((batch,), "int32", sharding=sharding)
   key = place(jax.eval_shape(lambda: jax.random.key(0)))
   with ctx, common.compile_for(targets.family(target)):
-    compiled = decode._generate.trace(
-        graphdef, params, prompt, lens, key, cfg=cfg, capacity=capacity,
+    compiled = decode.generate_on_device.trace(
+        graphdef, params, prompt, lens, key, capacity=capacity,
         max_new_tokens=new_tokens, sampling=decode.Sampling(), eos_id=None).lower().compile()
   text = compiled.as_text()
   mem = compiled.memory_analysis()
@@ -126,7 +114,7 @@ def decode_report(r: dict) -> str:
   cfg = r["cfg"]
   return "\n".join([
       f"{r['model']} on {r['target']}: {cfg.n_layers} layers, d={cfg.d_model}, "
-      f"{cfg.n_heads}/{cfg.n_kv_heads} heads, {cfg.dtype}; cache per layer {r['cache_shape']}",
+      f"{cfg.n_heads}/{cfg.kv_heads} heads, {cfg.dtype}; cache per layer {r['cache_shape']}",
       f"memory: arguments {r['argument_bytes'] / gib:.3f} GiB, temporaries "
       f"{r['temp_bytes'] / gib:.3f} GiB",
       f"tree-attention kernel in the program: {'yes' if r['kernel_calls'] else 'NO'}; "

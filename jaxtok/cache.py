@@ -1,15 +1,24 @@
-"""Fixed-capacity KV cache (DESIGN.md decision 4).
+"""Fixed-capacity KV cache with per-(layer, row, kv head) lengths (DESIGN.md decision 4).
 
-Capacity S is static; how much is filled is data (``length`` per sequence), so decoding never
-recompiles as the sequence grows. Invariant: slots ``< length[b]`` are valid and visible; slots
-at or beyond it are scratch. Keys are stored post-RoPE, with their absolute positions in ``pos``.
+Capacity S is static; how much is filled is data, so decoding never recompiles as sequences
+grow. Each layer holds its own ``LayerKV``: keys (post-RoPE) and values, the filled length of
+every (row, kv head) - slots ``< length[b, k]`` are valid and visible, later ones are scratch -
+and the absolute position of the token in every slot. ``next_pos[b]`` is the position the next
+token of row b gets; it is its own counter, never the slot count, so after a compression policy
+drops slots (fewer filled slots, per layer and per head) new tokens still get their true RoPE
+angle.
+
+Writing and committing are separate, explicit steps. The forward writes a block's K/V at slots
+``length .. length + T`` of every (row, head) without committing (``write_block``); ``commit``
+then makes n tokens per row visible and advances ``next_pos``. A speculative tree is verified by
+writing it uncommitted, then ``keep`` / ``write_block`` + ``commit`` of the accepted path;
+nothing to undo for the rest. Every operation is a pure function of arrays with fixed shapes,
+and the cache's tree structure never changes, so it can be a ``scan`` / ``while_loop`` carry.
 
 Layout: one array per layer (slicing layer i out of a stacked [L, ...] array materialises a
 copy of that layer's cache on TPU every step), each kv-head-major ``[B, K, S, Dh]``
 (kv_and_tree.md §E): one kv head's slots are a contiguous [S, Dh] matrix, so the attention
-kernels tile it as (block_s, Dh) blocks straight from HBM. A [.., S, K, Dh] cache would have to
-be relaid out (a full copy on TPU, whose tiled layout depends on the last two dims) before every
-decode step.
+kernels tile it as (block_s, Dh) blocks straight from HBM.
 """
 from __future__ import annotations
 
@@ -23,21 +32,33 @@ from jaxtyping import Array, Float, Int
 if TYPE_CHECKING:  # jaxtok.nn imports this module
   from jaxtok.nn.config import ModelConfig
 
+EMPTY_POS = -1  # position of a slot that holds no token
+
 
 @struct.dataclass
-class KVCache:
-  k: tuple[Float[Array, "B K S Dh"], ...]  # one per layer
-  v: tuple[Float[Array, "B K S Dh"], ...]
-  pos: Int[Array, "B S"]  # absolute position of each slot's token, -1 = empty
-  length: Int[Array, "B"]
-  # Static: True only for a cache fresh from init_cache (every slot empty). Attention then runs
-  # over the new block alone: nothing in the cache is visible, and the dense XLA path would
-  # still score all S slots (1.8x the time of a 512-token prefill on CPU). A write clears it.
-  empty: bool = struct.field(pytree_node=False, default=False)
+class LayerKV:
+  k: Float[Array, "B K S Dh"]
+  v: Float[Array, "B K S Dh"]
+  length: Int[Array, "B K"]  # filled (visible) slots per row and kv head
+  pos: Int[Array, "B K S"]  # absolute position of each slot's token, EMPTY_POS if none
 
   @property
   def capacity(self) -> int:
-    return self.pos.shape[1]
+    return self.k.shape[2]
+
+
+@struct.dataclass
+class KVCache:
+  layers: tuple[LayerKV, ...]
+  next_pos: Int[Array, "B"]  # position of the next token of each row
+
+  @property
+  def capacity(self) -> int:
+    return self.layers[0].capacity
+
+  @property
+  def batch(self) -> int:
+    return self.next_pos.shape[0]
 
 
 def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None,
@@ -47,30 +68,91 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int | None = None,
     raise ValueError(f"capacity and batch must be positive, got capacity={capacity}, "
                      f"batch={batch}")
   dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
-  shape = (batch, cfg.kv_heads, capacity, cfg.dh)
-  zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))  # noqa: E731
-  return KVCache(k=zeros(), v=zeros(),
-                 pos=jnp.full((batch, capacity), -1, jnp.int32),
-                 length=jnp.zeros((batch,), jnp.int32), empty=True)
+  b, k, s = batch, cfg.kv_heads, capacity
+
+  def layer():
+    return LayerKV(k=jnp.zeros((b, k, s, cfg.dh), dtype), v=jnp.zeros((b, k, s, cfg.dh), dtype),
+                   length=jnp.zeros((b, k), jnp.int32),
+                   pos=jnp.full((b, k, s), EMPTY_POS, jnp.int32))
+  return KVCache(layers=tuple(layer() for _ in range(cfg.n_layers)),
+                 next_pos=jnp.zeros((b,), jnp.int32))
 
 
-def write_block(cache_BxSx: Array, new_BxTx: Array, start_B: Int[Array, "B"]) -> Array:
-  """Writes ``new[b]`` into ``cache[b]`` at slot ``start[b]`` (per-row offsets; e.g. ``pos``)."""
-  def one(c, n, s):
-    return jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), s, axis=0)
-  return jax.vmap(one)(cache_BxSx, new_BxTx, start_B)
+def _update_slots(c_BxKxSx, new_BxKxTx, start_BxK):
+  """c[b, k, start[b, k] + t] = new[b, k, t] (clamped to the capacity like any dynamic slice)."""
+  def one(c_Sx, n_Tx, s):
+    return jax.lax.dynamic_update_slice_in_dim(c_Sx, n_Tx.astype(c_Sx.dtype), s, axis=0)
+  return jax.vmap(jax.vmap(one))(c_BxKxSx, new_BxKxTx, start_BxK)
 
 
 def write_kv(cache_BxKxSxDh: Float[Array, "B K S Dh"], new_BxTxKxDh: Float[Array, "B T K Dh"],
-             start_B: Int[Array, "B"]) -> Float[Array, "B K S Dh"]:
-  """Writes the new block's keys (or values) at slot ``start[b]`` of each kv head of row b.
+             start_BxK: Int[Array, "B K"]) -> Float[Array, "B K S Dh"]:
+  """Writes a block's keys (or values) at slot ``start[b, k]`` of each (row, kv head).
 
   Only the T-token block is transposed to kv-head-major; the cache is updated in place (when
   donated), never relaid out.
   """
-  new_BxKxTxDh = jnp.swapaxes(new_BxTxKxDh, 1, 2)
+  return _update_slots(cache_BxKxSxDh, jnp.swapaxes(new_BxTxKxDh, 1, 2), start_BxK)
 
-  def one(c_KxSxDh, n_KxTxDh, s):
-    return jax.lax.dynamic_update_slice_in_dim(c_KxSxDh, n_KxTxDh.astype(c_KxSxDh.dtype), s,
-                                               axis=1)
-  return jax.vmap(one)(cache_BxKxSxDh, new_BxKxTxDh, start_B)
+
+def write_block(layer: LayerKV, k_new_BxTxKxDh: Float[Array, "B T K Dh"],
+                v_new_BxTxKxDh: Float[Array, "B T K Dh"], pos_BxT: Int[Array, "B T"],
+                start_BxK: Int[Array, "B K"] | None = None) -> LayerKV:
+  """The layer with the block written at slots ``start .. start + T`` (default: ``length``),
+  uncommitted: ``length`` is unchanged, so the slots stay invisible until ``commit``."""
+  start_BxK = layer.length if start_BxK is None else start_BxK
+  b, k = start_BxK.shape
+  pos_BxKxT = jnp.broadcast_to(pos_BxT.astype(jnp.int32)[:, None, :], (b, k, pos_BxT.shape[1]))
+  return layer.replace(k=write_kv(layer.k, k_new_BxTxKxDh, start_BxK),
+                       v=write_kv(layer.v, v_new_BxTxKxDh, start_BxK),
+                       pos=_update_slots(layer.pos, pos_BxKxT, start_BxK))
+
+
+def commit(cache: KVCache, n_B: Int[Array, "B"]) -> KVCache:
+  """Makes the next ``n[b]`` written slots of every layer and head visible and advances
+  ``next_pos`` by ``n[b]`` (the tokens were written at ``length`` by the forward)."""
+  n_B = jnp.asarray(n_B, jnp.int32)
+  return cache.replace(
+      layers=tuple(l.replace(length=jnp.minimum(l.length + n_B[:, None], l.capacity))
+                   for l in cache.layers),
+      next_pos=cache.next_pos + n_B)
+
+
+def rollback(cache: KVCache, n_B: Int[Array, "B"]) -> KVCache:
+  """Undoes the last ``n[b]`` committed tokens of each row (slots and position counter)."""
+  n_B = jnp.asarray(n_B, jnp.int32)
+  return cache.replace(
+      layers=tuple(l.replace(length=jnp.maximum(l.length - n_B[:, None], 0))
+                   for l in cache.layers),
+      next_pos=cache.next_pos - n_B)
+
+
+def keep(cache: KVCache, keep_per_layer: tuple[Int[Array, "B K M"], ...],
+         n_keep_per_layer: tuple[Int[Array, "B K"], ...]) -> KVCache:
+  """Gather-compacts every (layer, row, kv head): slots ``keep[b, k, :n_keep[b, k]]`` (in that
+  order) move to slots ``0 .. n_keep``, which become the visible ones. ``next_pos`` is unchanged:
+  the kept tokens keep their positions (stored in ``pos``) and new tokens continue after them.
+
+  M (the static budget) may differ per layer; entries past ``n_keep`` are ignored.
+  """
+  if len(keep_per_layer) != len(cache.layers) or len(n_keep_per_layer) != len(cache.layers):
+    raise ValueError(f"keep: expected one keep/n_keep array per layer ({len(cache.layers)}), "
+                     f"got {len(keep_per_layer)} and {len(n_keep_per_layer)}")
+  layers = []
+  for layer, keep_BxKxM, n_BxK in zip(cache.layers, keep_per_layer, n_keep_per_layer):
+    b, k, m = keep_BxKxM.shape
+    if (b, k) != layer.length.shape or m > layer.capacity:
+      raise ValueError(f"keep: indices must have shape [B, K, M<=S] with (B, K) = "
+                       f"{layer.length.shape}, S = {layer.capacity}; got {keep_BxKxM.shape}")
+    idx_BxKxM = jnp.clip(keep_BxKxM.astype(jnp.int32), 0, layer.capacity - 1)
+    live_BxKxM = jnp.arange(m)[None, None, :] < n_BxK[..., None]
+
+    def gather(x_BxKxSx, fill):
+      g = jnp.take_along_axis(x_BxKxSx, idx_BxKxM.reshape(b, k, m, *([1] * (x_BxKxSx.ndim - 3))),
+                              axis=2)
+      g = jnp.where(live_BxKxM.reshape(b, k, m, *([1] * (x_BxKxSx.ndim - 3))), g, fill)
+      return jax.lax.dynamic_update_slice_in_dim(x_BxKxSx, g.astype(x_BxKxSx.dtype), 0, axis=2)
+    layers.append(layer.replace(k=gather(layer.k, 0), v=gather(layer.v, 0),
+                                pos=gather(layer.pos, EMPTY_POS),
+                                length=jnp.minimum(n_BxK.astype(jnp.int32), m)))
+  return cache.replace(layers=tuple(layers))

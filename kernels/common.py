@@ -23,6 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The one mask value of every attention op (reference and kernels): finite, because -inf would
+# turn a fully masked row into NaN (inf - inf) before it is zeroed.
+MASKED = -1e30
+
 TPU_SUBLANES = 8
 TPU_LANES = 128
 TRITON_MIN_DOT = 16

@@ -18,7 +18,7 @@ from jaxtok.config import to_dict
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.transformer import init_model
 from jaxtok.train.config import TrainConfig
-from jaxtok.train.step import token_losses
+from jaxtok.train.losses import next_token_loss
 from jaxtok_experiments import bench_train, lm
 
 # GQA (2 kv heads for 4 query heads) so the replica's head grouping is exercised.
@@ -80,9 +80,9 @@ def test_flop_accounting_matches_the_traced_train_step():
   scores and P@V are counted for the causal half of the [T, S] square the masked dense kernel
   computes; the other half is exactly 3 * L * 2 * H * Dh * T per token."""
   model = init_model(TINY)
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(model, nnx.Param)
   batch = {k: jnp.asarray(v) for k, v in bench_train.make_batch(B, T, 256).items()}
-  loss = lambda p: jnp.mean(token_losses(graphdef, p, batch))
+  loss = lambda p: jnp.mean(next_token_loss(graphdef, p, batch, None)[1].nll_BxT)
   fwd = _dot_flops(jax.make_jaxpr(loss)(params).jaxpr)
   fwd_bwd = _dot_flops(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
   assert fwd_bwd == 3 * fwd
@@ -114,7 +114,7 @@ def _torch_loss(weights: dict, batch: dict, tmp_path: Path) -> float:
 
 
 def test_torch_replica_matches_jaxtok_loss(tmp_path):
-  graphdef, params = nnx.split(init_model(TINY))
+  graphdef, params = nnx.split(init_model(TINY), nnx.Param)
   # Larger-than-init weights so attention, RoPE and the GQA grouping move the loss well away
   # from log(V): a replica that got any of them wrong would not agree to 1e-4.
   rng = np.random.default_rng(1)
@@ -130,7 +130,7 @@ def test_torch_replica_matches_jaxtok_loss(tmp_path):
     d[leaf] = jnp.asarray(w)
   nnx.replace_by_pure_dict(params, nested)
   batch = bench_train.make_batch(B, T, 256, seed=3)
-  jax_loss = float(jnp.mean(token_losses(graphdef, params,
-                                         {k: jnp.asarray(v) for k, v in batch.items()})))
+  jax_loss = float(jnp.mean(next_token_loss(
+      graphdef, params, {k: jnp.asarray(v) for k, v in batch.items()}, None)[1].nll_BxT))
   assert abs(jax_loss - math.log(256)) > 0.1  # the check is not trivially uniform
   assert _torch_loss(weights, batch, tmp_path) == pytest.approx(jax_loss, abs=1e-4)

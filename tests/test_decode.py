@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from jaxtok import hlo
-from jaxtok.decode import Sampling, _generate, generate, sample
+from jaxtok.decode import Sampling, generate, generate_on_device, sample, warp
 from jaxtok.nn import ModelConfig, default_positions, forward, init_model
 
 CFG = ModelConfig(vocab_size=41, d_model=32, n_layers=2, n_heads=4, n_kv_heads=1, d_ff=48,
@@ -14,7 +14,7 @@ CFG = ModelConfig(vocab_size=41, d_model=32, n_layers=2, n_heads=4, n_kv_heads=1
 
 @pytest.fixture(scope="module")
 def model():
-  return nnx.split(init_model(CFG, seed=3))
+  return nnx.split(init_model(CFG, seed=3), nnx.Param)
 
 
 def test_greedy_generation_equals_uncached_argmax_for_ragged_batch(model):
@@ -26,7 +26,7 @@ def test_greedy_generation_equals_uncached_argmax_for_ragged_batch(model):
   np.testing.assert_array_equal(n, [9, 9, 9])
   for i, length in enumerate(lengths):
     seq = jnp.concatenate([prompts[i, :length], out[i]])[None]
-    logits, _ = forward(g, p, seq, default_positions(1, seq.shape[1]))
+    logits = forward(g, p, seq, default_positions(1, seq.shape[1])).logits
     greedy = np.asarray(jnp.argmax(logits[0, length - 1:-1], -1))
     np.testing.assert_array_equal(out[i], greedy)
 
@@ -53,6 +53,17 @@ def test_sampling_filters():
   np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.04)
 
 
+def test_warp_is_the_distribution_sample_draws_from():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  # Temperature 2 first: p ~ sqrt(p) = [.379, .293, .208, .120]; top-p 0.7 then keeps the
+  # first three (mass before the third is .672 < .7), renormalised.
+  warped = jax.nn.softmax(warp(logits, Sampling(temperature=2.0, top_p=0.7)))[0]
+  expected = np.sqrt([0.5, 0.3, 0.15]) / np.sqrt([0.5, 0.3, 0.15]).sum()
+  np.testing.assert_allclose(warped, [*expected, 0], atol=1e-6)
+  with pytest.raises(ValueError, match="greedy"):
+    warp(logits, Sampling())
+
+
 def test_bad_generation_arguments(model):
   g, p = model
   with pytest.raises(ValueError, match="capacity"):
@@ -72,9 +83,9 @@ def test_decode_loop_updates_the_cache_in_place(model, b):
   batch 1 lowers the cache write differently from larger batches)."""
   g, p = model
   capacity = 24
-  compiled = _generate.lower(g, p, jnp.zeros((b, 5), jnp.int32), jnp.full((b,), 5),
-                             jax.random.key(0), cfg=CFG, capacity=capacity, max_new_tokens=4,
-                             sampling=Sampling(), eos_id=None).compile()
+  compiled = generate_on_device.lower(g, p, jnp.zeros((b, 5), jnp.int32), jnp.full((b,), 5),
+                                      jax.random.key(0), capacity=capacity, max_new_tokens=4,
+                                      sampling=Sampling(), eos_id=None).compile()
   body = hlo.while_body_lines(compiled.as_text())
   assert body, "no while loop found in the compiled generation"
   copies = hlo.copies_of(body, "f32", (b, CFG.kv_heads, capacity, CFG.dh))

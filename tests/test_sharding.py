@@ -55,7 +55,7 @@ def test_rule_conflict_raises():
 
 def test_indivisible_dimension_raises():
   mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=8))
-  _, abstract = nnx.split(nnx.eval_shape(lambda: init_model(MODEL)))
+  _, abstract = nnx.split(nnx.eval_shape(lambda: init_model(MODEL)), nnx.Param)
   with pytest.raises(ValueError, match="does not divide"):
     param_shardings(abstract, mesh)
 

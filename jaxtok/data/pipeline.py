@@ -15,16 +15,18 @@ def check_token_range(tokens: np.ndarray, vocab_size: int, what: str = "tokens")
                      f"range [{lo}, {hi}]")
 
 
-def _to_lm_example(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def to_lm_example(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A packed window ``tokens`` [T+1] -> next-token ``inputs``, ``targets``, ``weights`` [T]."""
   tokens = example["tokens"]
   weights = example.get("weights", np.ones(len(tokens) - 1, np.float32))
   return {"inputs": tokens[:-1], "targets": tokens[1:], "weights": weights.astype(np.float32)}
 
 
 def lm_batches(source: Source, batch_size: int, *, seed: int, shuffle: bool = True,
-               repeat: bool = True, process_index: int = 0, process_count: int = 1
-               ) -> grain.MapDataset:
-  """Seeded, indexable dataset of next-token batches for one process (its slice of the data)."""
+               repeat: bool = True, process_index: int = 0, process_count: int = 1,
+               example_fn=to_lm_example) -> grain.MapDataset:
+  """Seeded, indexable dataset of batches for one process (its slice of the data);
+  ``example_fn`` turns one source example into one batch row."""
   if batch_size <= 0:
     raise ValueError(f"batch_size: expected > 0, got {batch_size}")
   if batch_size % process_count:
@@ -34,13 +36,14 @@ def lm_batches(source: Source, batch_size: int, *, seed: int, shuffle: bool = Tr
     ds = ds.shuffle(seed=seed)
   if repeat:
     ds = ds.repeat()
-  ds = ds[process_index::process_count].map(_to_lm_example)
+  ds = ds[process_index::process_count].map(example_fn)
   return ds.batch(batch_size // process_count, drop_remainder=True)
 
 
-def fixed_batches(source: Source, batch_size: int, n_batches: int) -> list[dict[str, np.ndarray]]:
+def fixed_batches(source: Source, batch_size: int, n_batches: int,
+                  example_fn=to_lm_example) -> list[dict[str, np.ndarray]]:
   """The first ``n_batches`` unshuffled batches (a stable validation set)."""
-  ds = lm_batches(source, batch_size, seed=0, shuffle=False, repeat=False)
+  ds = lm_batches(source, batch_size, seed=0, shuffle=False, repeat=False, example_fn=example_fn)
   n = min(n_batches, len(ds))
   if n == 0:
     raise ValueError(f"validation source has {len(source)} examples, fewer than one batch of "

@@ -59,14 +59,13 @@ def _nll_fn(graphdef):
   import jax
   import jax.numpy as jnp
 
-  from jaxtok.nn.transformer import default_positions, forward
+  from jaxtok.train.losses import next_token_loss
 
   @jax.jit
   def nll(params, x_BxT, y_BxT, w_BxT):
-    logits_BxTxV, _ = forward(graphdef, params, x_BxT, default_positions(*x_BxT.shape))
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-    tok_BxT = -jnp.take_along_axis(logp_BxTxV, y_BxT[..., None], axis=-1)[..., 0]
-    return jnp.sum(tok_BxT * w_BxT)
+    _, aux = next_token_loss(graphdef, params, {"inputs": x_BxT, "targets": y_BxT,
+                                                "weights": w_BxT}, None)
+    return jnp.sum(aux.nll_BxT * aux.weights_BxT)
 
   return nll
 

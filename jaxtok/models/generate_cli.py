@@ -1,7 +1,8 @@
 """``jaxtok generate``: text generation from a pretrained checkpoint.
 
-One prompt streams: a jitted prefill, then a Python loop over one jitted ``decode_step`` + sample
-(fixed cache capacity and shapes, so the step compiles once), printing text as it is decoded.
+One prompt streams: ``jaxtok.decode``'s driver (``start``, then ``decode_body`` jitted once and
+called per token with the state donated; fixed cache capacity and shapes, so the step compiles
+once), printing text as it is decoded.
 Several prompts run as one right-padded batch through ``jaxtok.decode.generate`` (the on-device
 ``while_loop``) and print when done.
 
@@ -18,11 +19,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from jaxtok_kernels.common import round_up
+
 _BUCKET = 64  # prompt lengths and cache capacities are rounded up to this (fewer compiles)
-
-
-def _round_up(n: int, m: int) -> int:
-  return -(-n // m) * m
 
 
 def plan_capacity(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int,
@@ -38,53 +37,40 @@ def plan_capacity(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int,
                        f"KV-cache capacity {limit}; shorten the prompt, lower --max-new-tokens, or "
                        "pass --truncate to keep only the prompt's last tokens")
     longest = limit - max_new_tokens
-  cap = capacity or min(_round_up(longest + max_new_tokens, 256), max_len)
+  cap = capacity or min(round_up(longest + max_new_tokens, 256), max_len)
   return cap, longest
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(graphdef, cfg, sampling):
+def _compiled(graphdef, sampling, capacity: int, max_new_tokens: int):
   import jax
 
   from jaxtok import decode
 
-  @jax.jit
-  def prefill(params, cache, prompt_BxT, prompt_len_B):
-    return decode.prefill(graphdef, params, cache, prompt_BxT, prompt_len_B)
-
-  @functools.partial(jax.jit, donate_argnums=(1,))
-  def step(params, cache, logits_BxV, key):
-    key, sub = jax.random.split(key)
-    token_B = decode.sample(logits_BxV, sub, sampling)
-    logits_BxV, cache = decode.decode_step(graphdef, params, cache, token_B)
-    return token_B, logits_BxV, cache, key
-
-  return prefill, step
+  begin = jax.jit(functools.partial(decode.start, graphdef, capacity=capacity,
+                                    max_new_tokens=max_new_tokens))
+  step = jax.jit(functools.partial(decode.decode_body, graphdef, sampling=sampling, eos_id=None),
+                 donate_argnums=(1,))
+  return begin, step
 
 
 def stream_tokens(graphdef, params, prompt_ids: Sequence[int], *, max_new_tokens: int,
                   sampling, key, capacity: int, stop_ids: Sequence[int] = ()) -> Iterator[int]:
   """Yields generated token ids one at a time (batch 1), stopping after a stop id."""
   import jax.numpy as jnp
-  from flax import nnx
 
-  from jaxtok.cache import init_cache
-
-  cfg = nnx.merge(graphdef, params).cfg
-  prefill, step = _compiled(graphdef, cfg, sampling)
   t = len(prompt_ids)
   if t + max_new_tokens > capacity:
     raise ValueError(f"prompt of {t} tokens + max_new_tokens={max_new_tokens} exceeds the KV-cache "
                      f"capacity {capacity}")
+  begin, step = _compiled(graphdef, sampling, capacity, max_new_tokens)
   # Padding only depends on (t, capacity), so every call with this capacity shares one compile.
-  padded = np.zeros((1, min(_round_up(t, _BUCKET), capacity)), np.int32)
+  padded = np.zeros((1, min(round_up(t, _BUCKET), capacity - max_new_tokens)), np.int32)
   padded[0, :t] = prompt_ids
-  cache = init_cache(cfg, 1, capacity)
-  args = (params, cache, jnp.asarray(padded), jnp.array([t], jnp.int32))
-  logits_BxV, cache = prefill(*args)
-  for _ in range(max_new_tokens):
-    token_B, logits_BxV, cache, key = step(params, cache, logits_BxV, key)
-    token = int(token_B[0])
+  state = begin(params, jnp.asarray(padded), jnp.array([t], jnp.int32), key)
+  for i in range(max_new_tokens):
+    state = step(params, state)
+    token = int(state.tokens_BxN[0, i])
     yield token
     if token in stop_ids:
       return
@@ -168,7 +154,7 @@ def _run(args) -> int:
     print(f"\n[{len(out)} tokens in {dt:.1f}s incl. compile]", file=sys.stderr)
     return 0
   t = max(len(i) for i in ids)
-  prompt_BxT = np.zeros((len(ids), _round_up(t, _BUCKET)), np.int32)
+  prompt_BxT = np.zeros((len(ids), round_up(t, _BUCKET)), np.int32)
   for b, i in enumerate(ids):
     prompt_BxT[b, :len(i)] = i
   prompt_BxT = prompt_BxT[:, :cap - args.max_new_tokens]

@@ -25,6 +25,9 @@ class ModelConfig:
   extra_heads: tuple[int, ...] = ()  # vocab sizes of additional output heads (e.g. NAR axes)
   norm_eps: float = 1e-5
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay fp32
+  # Attention over a cache: "auto" = Pallas kernel on TPU/GPU, jnp reference elsewhere;
+  # "pallas" raises where the kernel cannot run; "xla" = always the reference.
+  attention_impl: Literal["auto", "xla", "pallas"] = "auto"
   init_std: float = 0.02
 
   def __post_init__(self):

@@ -8,9 +8,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
-from jaxtok.cache import write_kv
+from jaxtok.cache import LayerKV, write_block
 from jaxtok.nn import attention as attn_lib
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.rope import apply_rope
@@ -62,19 +62,19 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dh
-    self.cfg = cfg
+    self.implementation = cfg.attention_impl
     self.wq = param(rngs, (d, h, dh), cfg.init_std, ("embed", "heads", "head_dim"))
     self.wk = param(rngs, (d, k, dh), cfg.init_std, ("embed", "kv_heads", "head_dim"))
     self.wv = param(rngs, (d, k, dh), cfg.init_std, ("embed", "kv_heads", "head_dim"))
     self.wo = param(rngs, (h, dh, d), cfg.init_std / math.sqrt(2 * cfg.n_layers),
                     ("heads", "head_dim", "embed"))
 
-  def __call__(self, x_BxTxD, angles_BxTxDh2, mask, layer_cache):
-    """Returns (out, this layer's cache with the block written at ``length``, or None).
-
-    ``layer_cache`` is None or (k_BxKxSxDh, v_BxKxSxDh, length_B, empty); ``empty`` (static)
-    says no slot is visible, so the block attends to itself alone.
-    """
+  def __call__(self, x_BxTxD, angles_BxTxDh2, mask, layer: LayerKV | None, pos_BxT, *,
+               fresh_cache: bool, return_stats: bool) -> LayerOutput:
+    """The block's attention output; with a cache, the layer with the block written at
+    ``length`` (uncommitted). ``fresh_cache`` (static): the cache is fresh from init_cache
+    (no slot filled), so the block attends to itself alone and the S empty slots are never
+    scored."""
     dt = x_BxTxD.dtype
     b, t, d = x_BxTxD.shape
     # 2-D matmuls over [B*T, D] rows and [D, heads*Dh] weights (see MLP); the parameters keep
@@ -86,24 +86,38 @@ class Attention(nnx.Module):
     if angles_BxTxDh2 is not None:
       q_BxTxHxDh = apply_rope(q_BxTxHxDh, angles_BxTxDh2)
       k_BxTxKxDh = apply_rope(k_BxTxKxDh, angles_BxTxDh2)
-    if layer_cache is None:
-      o_BxTxHxDh = attn_lib.attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask)
-      kv_cache = None
-    else:
-      k_cache, v_cache, length_B, empty = layer_cache
-      # Write first, then attend over the written arrays (slots >= length are not visible as
-      # cache slots; the block is seen through k/v_new under the mask), and keep the write one
-      # buffer (the barrier). A read of the old cache beside the write, or the write duplicated
-      # into both consumers (XLA does that at batch 1), made XLA copy every layer's cache on
-      # every decode step (tests/test_decode.py checks the compiled loop).
-      kv_cache = jax.lax.optimization_barrier((write_kv(k_cache, k_BxTxKxDh, length_B),
-                                               write_kv(v_cache, v_BxTxKxDh, length_B)))
-      if empty:  # nothing in the cache is visible: the block attends to itself alone
-        o_BxTxHxDh = attn_lib.attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask)
-      else:
-        o_BxTxHxDh = attn_lib.cached_attention(q_BxTxHxDh, *kv_cache, length_B, k_BxTxKxDh,
-                                               v_BxTxKxDh, mask)
+    written = None
+    if layer is None or fresh_cache:
+      res = attn_lib.attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask, return_lse=return_stats)
+    if layer is not None:
+      # Write first, then attend over the written arrays, and keep the write one buffer (the
+      # barrier): otherwise XLA copies every layer's cache per decode step
+      # (tests/test_decode.py checks the compiled loop).
+      written = jax.lax.optimization_barrier(write_block(layer, k_BxTxKxDh, v_BxTxKxDh, pos_BxT))
+      if not fresh_cache:
+        res = attn_lib.cached_attention(q_BxTxHxDh, written.k, written.v, layer.length,
+                                        k_BxTxKxDh, v_BxTxKxDh, mask, return_lse=return_stats,
+                                        implementation=self.implementation)
+    o_BxTxHxDh, lse_BxTxH = res if return_stats else (res, None)
+    stats = None
+    if return_stats:
+      # Without a cache the block's own keys are the slots; a fresh cache holds only the block.
+      keys_BxKxSxDh, start_BxK = ((jnp.swapaxes(k_BxTxKxDh, 1, 2),
+                                   jnp.zeros((b, k_BxTxKxDh.shape[2]), jnp.int32))
+                                  if layer is None else (written.k, layer.length))
+      stats = attn_lib.slot_stats(q_BxTxHxDh, keys_BxKxSxDh, start_BxK, mask, pos_BxT >= 0,
+                                  lse_BxTxH)
     h, dh = self.wo.shape[:2]
     out_NxD = o_BxTxHxDh.astype(dt).reshape(b * t, h * dh) @ self.wo[...].astype(dt).reshape(
         h * dh, d)
-    return out_NxD.reshape(b, t, d), kv_cache
+    return LayerOutput(out_BxTxD=out_NxD.reshape(b, t, d), layer=written,
+                       k_BxTxKxDh=k_BxTxKxDh, v_BxTxKxDh=v_BxTxKxDh, stats=stats)
+
+
+@struct.dataclass
+class LayerOutput:
+  out_BxTxD: jax.Array
+  layer: LayerKV | None  # the cache layer with the block written (None without a cache)
+  k_BxTxKxDh: jax.Array  # the block's keys (post-RoPE) and values
+  v_BxTxKxDh: jax.Array
+  stats: attn_lib.AttnStats | None

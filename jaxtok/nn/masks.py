@@ -1,14 +1,33 @@
-"""Boolean attention masks, ``True`` = may attend. Shapes [B, T, S] (query, key).
+"""Attention masks, ``True`` = may attend. Dense masks are bool [B, T, S] (query, key).
 
 Every transform in the papers is one of these: causal (standard LM), bidirectional (encoder /
 the unmasked permutation inverter), prefix-LM, "same or earlier step" (NAR diagonals, scratch
 tokens), and tree masks (ancestor-or-self) for speculative verification.
+
+The causal mask is also a structured value, ``CAUSAL`` (tokamax's ``Mask(is_causal=True)``):
+attention over a long causal block then runs in query chunks without ever building the [T, T]
+array (linear memory, jaxtok.nn.attention). ``as_array`` gives the dense form for any mask.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jaxtyping import Array, Bool, Int
+
+
+@struct.dataclass
+class Causal:
+  """Query t sees keys 0..t of its own block (a pytree without leaves: static under jit)."""
+
+
+CAUSAL = Causal()
+
+Mask = Bool[Array, "B T S"] | Causal
+
+
+def as_array(mask: Mask, batch: int, t: int) -> Bool[Array, "B T S"]:
+  return causal(t, batch) if isinstance(mask, Causal) else mask
 
 
 def causal(t: int, batch: int = 1) -> Bool[Array, "B T T"]:

@@ -4,20 +4,40 @@ Pre-norm blocks (RMSNorm, GQA attention, SwiGLU) as in Llama (arXiv 2302.13971);
 learned table or vectors the caller supplies per sequence (lexinvariant LMs, arXiv 2305.16349);
 positions are RoPE over 1-D/N-D coordinates, a learned table, or none.
 
-Pure entry point: ``graphdef, params = nnx.split(model)`` once, then
-``forward(graphdef, params, tokens, positions, mask)`` inside ``jax.jit``.
+Pure entry point: ``graphdef, params = nnx.split(model, nnx.Param)`` once, then
+``forward(graphdef, params, tokens, positions, mask) -> Output`` inside ``jax.jit``.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
-from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from flax import nnx, struct
+from jaxtyping import Array, Float, Int
 
-from jaxtok.cache import KVCache, write_block
+from jaxtok.cache import KVCache
 from jaxtok.nn import masks
+from jaxtok.nn.attention import AttnStats
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.layers import MLP, Attention, RMSNorm, param
 from jaxtok.nn.rope import rope_angles
+
+
+@struct.dataclass
+class Output:
+  """What one forward returns (gemma's ``Output``): never a union of shapes.
+
+  logits: fp32 [B, T, V] of the main head ([B, N, V] with ``logits_at_BxN``); extra_logits: one
+  array per extra head (empty tuple without); hidden: the final-norm hidden states
+  (``return_hidden``); cache: the cache with the block written at ``length`` of every layer and
+  kv head, uncommitted (``jaxtok.cache.commit`` makes it visible); kv: the block's per-layer
+  (keys post-RoPE, values) [B, T, K, Dh]; stats: per-layer attention statistics
+  (``return_stats``).
+  """
+  logits: Float[Array, "B T V"]
+  extra_logits: tuple[Float[Array, "B T _"], ...] = ()
+  hidden: Float[Array, "B T D"] | None = None
+  cache: KVCache | None = None
+  kv: tuple[tuple[Float[Array, "B T K Dh"], Float[Array, "B T K Dh"]], ...] = ()
+  stats: tuple[AttnStats, ...] | None = None
 
 
 class Block(nnx.Module):
@@ -27,10 +47,10 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x_BxTxD, angles, mask, layer_cache):
-    a_BxTxD, kv_cache = self.attn(self.attn_norm(x_BxTxD), angles, mask, layer_cache)
-    x_BxTxD = x_BxTxD + a_BxTxD
-    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), kv_cache
+  def __call__(self, x_BxTxD, angles, mask, layer, pos_BxT, **kw):
+    a = self.attn(self.attn_norm(x_BxTxD), angles, mask, layer, pos_BxT, **kw)
+    x_BxTxD = x_BxTxD + a.out_BxTxD
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD)), a
 
 
 class Transformer(nnx.Module):
@@ -50,25 +70,33 @@ class Transformer(nnx.Module):
 
   def __call__(
       self, tokens_BxT: Int[Array, "B T"], positions: Int[Array, "B T *P"],
-      mask: Bool[Array, "B T S"] | None = None, *,
+      mask: masks.Mask | None = None, *,
       embeddings_BxTxD: Float[Array, "B T D"] | None = None, cache: KVCache | None = None,
-      logits_at_BxN: Int[Array, "B N"] | None = None,
-  ) -> tuple[Float[Array, "B T V"] | tuple[Float[Array, "B T _"], ...], KVCache | None]:
-    """Returns (logits, cache). Logits are fp32; with extra heads, a tuple (main, *extra).
+      fresh_cache: bool = False, logits_at_BxN: Int[Array, "B N"] | None = None,
+      return_hidden: bool = False, return_stats: bool = False) -> Output:
+    """One forward of a block of T tokens.
 
-    ``logits_at_BxN`` unembeds only those positions (logits [B, N, V]): prefill needs one row per
-    prompt, and the full [B, T, V] fp32 logits of a large vocabulary cost more than the layers.
+    ``mask``: bool [B, T, T] over the block, or ``masks.CAUSAL`` (the default; long causal
+    blocks then attend in chunks, never building [T, T]). Without a cache the block attends to
+    itself under ``mask``. With a cache the block attends to every slot ``< length[b, k]`` of
+    each layer and kv head plus itself under ``mask``, and is written (uncommitted) at slots
+    ``length .. length + T``; the caller commits what it keeps (``jaxtok.cache.commit``) and
+    must leave room (length + T <= capacity). ``fresh_cache`` (static): the cache comes from
+    init_cache, so nothing in it is scored. Tokens with position < 0 are padding (written, never
+    committed by ``jaxtok.decode``; excluded from statistics).
 
-    Without a cache ``mask`` is [B, T, T] (default causal). With a cache the new block attends to
-    every cache slot ``< cache.length`` plus itself under ``mask`` (default causal); the block is
-    written at ``cache.length`` and ``length`` advances by the tokens with position >= 0 (padding
-    carries position -1 and must come last).
+    ``logits_at_BxN`` unembeds only those positions (logits [B, N, V]): prefill needs one row
+    per prompt, and the full [B, T, V] fp32 logits of a large vocabulary cost more than the
+    layers. The hidden states returned are those of the unembedded positions.
     """
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     b, t = tokens_BxT.shape
     if positions.shape[:2] != (b, t):
       raise ValueError(f"positions: expected leading shape {(b, t)}, got {positions.shape}")
+    if cache is not None and (cache.batch != b or len(cache.layers) != cfg.n_layers):
+      raise ValueError(f"cache: expected batch {b} and {cfg.n_layers} layers, got batch "
+                       f"{cache.batch} and {len(cache.layers)} layers")
     if cfg.embedding == "learned":
       x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0)
     else:
@@ -82,17 +110,15 @@ class Transformer(nnx.Module):
       x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], jnp.maximum(order_BxT, 0), axis=0)
     angles = (rope_angles(positions, cfg.dh, cfg.rope_theta, cfg.rope_axes)
               if cfg.positions == "rope" else None)
-    if mask is None:
-      mask = masks.causal(t, b)
+    mask = masks.CAUSAL if mask is None else mask
     x_BxTxD = x_BxTxD.astype(dt)
 
-    written = []
+    outs = []
     for i, block in enumerate(self.blocks):
-      # cache.k[i], cache.v[i]: this layer's own [B, K, S, Dh] arrays (no slice, no copy).
-      layer_cache = (None if cache is None else
-                     (cache.k[i], cache.v[i], cache.length, cache.empty))
-      x_BxTxD, kv_cache = block(x_BxTxD, angles, mask, layer_cache)
-      written.append(kv_cache)
+      # cache.layers[i]: this layer's own [B, K, S, Dh] arrays (no slice, no copy).
+      x_BxTxD, a = block(x_BxTxD, angles, mask, None if cache is None else cache.layers[i],
+                         order_BxT, fresh_cache=fresh_cache, return_stats=return_stats)
+      outs.append(a)
 
     if logits_at_BxN is not None:
       x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxN[..., None], axis=1)
@@ -102,34 +128,25 @@ class Transformer(nnx.Module):
                          preferred_element_type=jnp.float32) if cfg.tie_embeddings else
               jnp.einsum("btd,dv->btv", h_BxTxD, self.unembed[...].astype(dt),
                          preferred_element_type=jnp.float32))
-    if cfg.extra_heads:
-      logits = (logits, *(jnp.einsum("btd,dv->btv", h_BxTxD, w[...].astype(dt),
-                                     preferred_element_type=jnp.float32)
-                          for w in self.extra_heads))
+    extra = tuple(jnp.einsum("btd,dv->btv", h_BxTxD, w[...].astype(dt),
+                             preferred_element_type=jnp.float32) for w in self.extra_heads)
     if cache is not None:
-      cache = _advance(cache, written, order_BxT)
-    return logits, cache
-
-
-def _advance(cache: KVCache, written: list, order_BxT) -> KVCache:
-  """The cache after the block: each layer's (k, v) as written by its attention, the block's
-  positions at slot ``length``, and ``length`` advanced by its non-padding tokens."""
-  pos = write_block(cache.pos, order_BxT.astype(jnp.int32), cache.length)
-  n_valid_B = jnp.sum(order_BxT >= 0, axis=1).astype(jnp.int32)
-  return cache.replace(k=tuple(k for k, _ in written), v=tuple(v for _, v in written), pos=pos,
-                       length=cache.length + n_valid_B, empty=False)
+      cache = cache.replace(layers=tuple(a.layer for a in outs))
+    return Output(logits=logits, extra_logits=extra, hidden=h_BxTxD if return_hidden else None,
+                  cache=cache, kv=tuple((a.k_BxTxKxDh, a.v_BxTxKxDh) for a in outs),
+                  stats=tuple(a.stats for a in outs) if return_stats else None)
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
   return Transformer(cfg, rngs=nnx.Rngs(params=seed))
 
 
-def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxT, positions, mask=None, *,
-            embeddings_BxTxD=None, cache: KVCache | None = None, logits_at_BxN=None):
-  """Pure function of (params, inputs): merges the module for the duration of one trace."""
+def forward(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxT, positions, mask=None,
+            **kwargs) -> Output:
+  """Pure function of (params, inputs): merges the module for the duration of one trace.
+  Keyword arguments as ``Transformer.__call__``."""
   model = nnx.merge(graphdef, params)
-  return model(tokens_BxT, positions, mask, embeddings_BxTxD=embeddings_BxTxD, cache=cache,
-               logits_at_BxN=logits_at_BxN)
+  return model(tokens_BxT, positions, mask, **kwargs)
 
 
 def default_positions(b: int, t: int) -> Int[Array, "B T"]:

@@ -22,12 +22,13 @@ from tqdm import tqdm
 
 from jaxtok import runtime
 from jaxtok.ckpt import Checkpointer
-from jaxtok.data.pipeline import lm_batches
+from jaxtok.data.pipeline import lm_batches, to_lm_example
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.transformer import init_model
 from jaxtok.sharding import (MeshConfig, batch_sharding, describe_sharding, make_mesh,
                              param_shardings)
 from jaxtok.train.config import TrainConfig
+from jaxtok.train.losses import LossFn, next_token_loss
 from jaxtok.train.step import TrainState, eval_step, lr_schedule, make_optimizer, train_step
 
 
@@ -39,12 +40,19 @@ class Setup:
   tx: optax.GradientTransformation
   state_shardings: TrainState
   batch_sharding: NamedSharding
+  loss_fn: LossFn = next_token_loss
+
+
+def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, nnx.Param state); raises if the model holds any other variable, so nothing
+  that is not a parameter can be differentiated or optimised by accident."""
+  return nnx.split(model, nnx.Param)
 
 
 def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig,
-          devices=None) -> Setup:
+          devices=None, loss_fn: LossFn = next_token_loss) -> Setup:
   mesh = make_mesh(mesh_cfg, devices)
-  graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: init_model(model_cfg)))
+  graphdef, abstract_params = split_params(nnx.eval_shape(lambda: init_model(model_cfg)))
   p_shardings = param_shardings(abstract_params, mesh)
   tx = make_optimizer(train_cfg)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -52,20 +60,27 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig,
   opt_shardings = optax.tree_utils.tree_map_params(
       tx, lambda _, s: s, abstract_opt, p_shardings,
       transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  state_shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings)
-  return Setup(mesh, graphdef, tx, state_shardings, batch_sharding(mesh))
+  state_shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings,
+                               key=replicated)
+  return Setup(mesh, graphdef, tx, state_shardings, batch_sharding(mesh), loss_fn)
+
+
+def fresh_state(s: Setup, model_cfg: ModelConfig, seed: int) -> TrainState:
+  """The step-0 state (traceable: ``jax.eval_shape`` of it is the abstract state)."""
+  params = split_params(init_model(model_cfg, seed))[1]
+  # The step key is derived apart from the init seed's parameter stream.
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=s.tx.init(params),
+                    key=key)
 
 
 def init_state(s: Setup, model_cfg: ModelConfig, seed: int) -> TrainState:
   """Parameters and optimizer state created directly in their shards."""
-  def init():
-    params = nnx.split(init_model(model_cfg, seed))[1]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=s.tx.init(params))
-  return jax.jit(init, out_shardings=s.state_shardings)()
+  return jax.jit(lambda: fresh_state(s, model_cfg, seed), out_shardings=s.state_shardings)()
 
 
 def compile_train_step(s: Setup):
-  return jax.jit(functools.partial(train_step, s.graphdef, s.tx),
+  return jax.jit(functools.partial(train_step, s.graphdef, s.tx, s.loss_fn),
                  in_shardings=(s.state_shardings, s.batch_sharding),
                  out_shardings=(s.state_shardings, None), donate_argnums=0)
 
@@ -75,11 +90,13 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
 
 
 def compile_eval_step(s: Setup):
-  return jax.jit(functools.partial(eval_step, s.graphdef))
+  return jax.jit(functools.partial(eval_step, s.graphdef, s.loss_fn))
 
 
 def evaluate(s: Setup, eval_fn, params, val_batches) -> dict:
-  outs = [eval_fn(params, to_global(b, s.batch_sharding)) for b in val_batches]
+  # Fixed keys: a loss that draws randomness is scored on the same draws at every evaluation.
+  outs = [eval_fn(params, to_global(b, s.batch_sharding), jax.random.PRNGKey(i))
+          for i, b in enumerate(val_batches)]
   tokens = sum(float(o["tokens"]) for o in outs)
   loss = sum(float(o["loss"]) * float(o["tokens"]) for o in outs) / tokens
   per_pos = np.mean([np.asarray(o["loss_per_position"]) for o in outs], axis=0)
@@ -114,17 +131,23 @@ class MetricsLog:
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, *,
           train_source, val_batches, batch_size: int, out_dir: str | Path,
-          config_dict: dict, resume: bool = False) -> dict:
-  """Trains; returns final eval metrics, the loss history and throughput."""
+          config_dict: dict, resume: bool = False, loss_fn: LossFn = next_token_loss,
+          example_fn=to_lm_example) -> dict:
+  """Trains; returns final eval metrics, the loss history and throughput.
+
+  ``loss_fn`` is the step's loss (``jaxtok.train.losses``); ``example_fn`` turns one source
+  example into one batch row (default: ``tokens`` -> next-token ``inputs/targets/weights``).
+  """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  s = setup(model_cfg, train_cfg, mesh_cfg)
+  s = setup(model_cfg, train_cfg, mesh_cfg, loss_fn=loss_fn)
   shards = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
   if batch_size % shards:
     raise ValueError(f"data.batch_size={batch_size} must divide by the data x fsdp mesh size "
                      f"{shards}")
   dataset = lm_batches(train_source, batch_size, seed=train_cfg.seed,
-                       process_index=jax.process_index(), process_count=jax.process_count())
+                       process_index=jax.process_index(), process_count=jax.process_count(),
+                       example_fn=example_fn)
   data_iter = iter(dataset.to_iter_dataset())
   ckpt = Checkpointer(out_dir / "checkpoints")
   state = init_state(s, model_cfg, train_cfg.seed)
@@ -139,7 +162,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
   eval_fn = compile_eval_step(s)  # built once: a new jit wrapper per eval would recompile
   log = MetricsLog(out_dir / "metrics.jsonl", start)
   schedule = lr_schedule(train_cfg)
-  tokens_per_step = batch_size * len(val_batches[0]["inputs"][0])
+  tokens_per_step = batch_size * int(np.prod(dataset[0]["inputs"].shape[1:]))
   bar = tqdm(total=train_cfg.steps, initial=start, disable=not (
       train_cfg.progress and runtime.is_main_process()), unit="step", dynamic_ncols=True)
   history, pending, t_last, evals = [], None, time.perf_counter(), []

@@ -1,28 +1,26 @@
 """The one pure training step and the eval step (DESIGN.md decision 2).
 
-``train_step(state, batch) -> (state, metrics)`` is jitted once by ``compile_steps`` with the
-state donated and shardings declared; there is no second implementation behind a flag.
-A batch is ``{"inputs": i32[B,T], "targets": i32[B,T], "weights": f32[B,T]}``.
+``train_step(graphdef, tx, loss_fn, state, batch) -> (state, metrics)`` is jitted once (see
+``jaxtok.train.loop.compile_train_step``) with the state donated and shardings declared. Papers
+differ only in ``loss_fn`` (``jaxtok.train.losses``); there is no second step behind a flag.
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
-from jaxtyping import Array, Float
 
-from jaxtok.nn.transformer import default_positions, forward
 from jaxtok.train.config import TrainConfig
+from jaxtok.train.losses import LossFn
 
 
 @struct.dataclass
 class TrainState:
   step: jax.Array
-  params: nnx.State
+  params: nnx.State  # nnx.Param variables only: nothing else is ever optimised
   opt_state: optax.OptState
+  key: jax.Array  # raw uint32[2] PRNG key (checkpointable); split once per step
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -40,32 +38,25 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                                  weight_decay=cfg.weight_decay, mask=decay_mask))
 
 
-def token_losses(graphdef, params, batch) -> Float[Array, "B T"]:
-  inputs_BxT = batch["inputs"]
-  b, t = inputs_BxT.shape
-  logits_BxTxV, _ = forward(graphdef, params, inputs_BxT, default_positions(b, t))
-  if isinstance(logits_BxTxV, tuple):
-    logits_BxTxV = logits_BxTxV[0]
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
+def train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, state: TrainState,
+               batch: dict):
+  key, step_key = jax.random.split(state.key)
 
+  def loss(params):
+    return loss_fn(graphdef, params, batch, step_key)
 
-def _mean_loss(graphdef, params, batch):
-  w_BxT = batch["weights"]
-  return jnp.sum(token_losses(graphdef, params, batch) * w_BxT) / jnp.maximum(w_BxT.sum(), 1.0)
-
-
-def train_step(graphdef, tx: optax.GradientTransformation, state: TrainState, batch):
-  loss, grads = jax.value_and_grad(functools.partial(_mean_loss, graphdef))(state.params, batch)
+  (loss_value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  metrics = {"loss": loss_value, "grad_norm": optax.tree.norm(grads), **aux.metrics}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=key), metrics
 
 
-def eval_step(graphdef, params, batch):
-  """Returns the weighted mean loss and the per-position mean loss [T] (loss vs context)."""
-  w_BxT = batch["weights"]
-  nll_BxT = token_losses(graphdef, params, batch) * w_BxT
+def eval_step(graphdef, loss_fn: LossFn, params, batch: dict, key: jax.Array):
+  """The weighted mean loss and the per-position mean loss [T] (loss vs context)."""
+  _, aux = loss_fn(graphdef, params, batch, key)
+  w_BxT = aux.weights_BxT
+  nll_BxT = aux.nll_BxT * w_BxT
   per_pos_T = nll_BxT.sum(0) / jnp.maximum(w_BxT.sum(0), 1.0)
   return {"loss": nll_BxT.sum() / jnp.maximum(w_BxT.sum(), 1.0), "loss_per_position": per_pos_T,
           "tokens": w_BxT.sum()}

@@ -6,9 +6,10 @@ way a GPU wants it: one program per (batch, kv head, block of folded query rows)
 `fori_loop` over cache blocks whose trip count is cdiv(cache_len[b], block_s) - a dynamic bound,
 so blocks past the cache length are never loaded.
 
-Triton needs power-of-two array sizes and matmul dims >= 16, so T is padded to a power of two
->= 16 and Dh must already be a power of two >= 16; other head dims raise NotImplementedError
-and the dispatcher falls back to the reference. Any GQA group size G = H / K works. The cache itself is not
+Each (row, kv head) has its own cache length. Triton needs power-of-two array sizes and matmul
+dims >= 16, so T is padded to a power of two >= 16 and Dh must already be a power of two >= 16;
+other head dims raise NotImplementedError (the automatic dispatcher then uses the reference; an
+explicit implementation="pallas" raises). Any GQA group size G = H / K works. The cache itself is not
 padded: loads of the ragged last block are masked. It is kv-head-major, [B, K, S, Dh], so one
 kv head's cache is a contiguous [S, Dh] matrix that each program reads in place.
 
@@ -17,6 +18,7 @@ Triton is the GPU lowering jax 0.12 compiles for H100 without a device (Mosaic G
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -29,13 +31,31 @@ from jax.experimental.pallas import triton as pl_triton
 from jaxtok_kernels import common
 from jaxtok_kernels.tree_attention import layout
 
-_MASKED = -1e30  # finite: a fully masked row never forms inf - inf (same value as the reference)
+_MASKED = common.MASKED  # finite: a fully masked row never forms inf - inf
 DEFAULT_BLOCK_S = 64
 DEFAULT_BLOCK_R = 64
 
 
-def plan(t: int, h: int, kv_heads: int, head_dim: int, block_s: int | None,
-         block_r: int | None):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GpuConfig:
+  """Tiling of the Triton kernel: block_s cache slots per loop step, block_r folded query rows
+  per program (None: heuristics in ``plan``), and Triton's launch parameters."""
+  block_s: int | None = None
+  block_r: int | None = None
+  num_warps: int = 4
+  num_stages: int = 2
+
+  def __post_init__(self):
+    for name in ("block_s", "block_r"):
+      value = getattr(self, name)
+      if value is not None:
+        common.validate_pow2(f"GpuConfig.{name}", value, common.TRITON_MIN_DOT)
+    if self.num_warps < 1 or self.num_stages < 1:
+      raise common.BlockSizeError(f"GpuConfig.num_warps and num_stages must be >= 1, got "
+                                  f"{self.num_warps}, {self.num_stages}")
+
+
+def plan(t: int, h: int, kv_heads: int, head_dim: int, config: GpuConfig):
   """Static tiling (Tp, block_r, block_s); NotImplementedError for shapes Triton cannot tile."""
   g = h // kv_heads
   if not common.is_pow2(head_dim) or head_dim < common.TRITON_MIN_DOT:
@@ -45,17 +65,16 @@ def plan(t: int, h: int, kv_heads: int, head_dim: int, block_s: int | None,
   rows = g * t_pad
   # Any group size G works: rows = G * Tp has the power-of-two factor Tp * (G & -G) >= 16, so a
   # power-of-two row block divides it (SmolLM2's G = 3 gets blocks of Tp rows).
-  block_r = min(t_pad * (g & -g), DEFAULT_BLOCK_R) if block_r is None else block_r
-  block_s = DEFAULT_BLOCK_S if block_s is None else block_s
-  common.validate_pow2("block_r", block_r, common.TRITON_MIN_DOT)
-  common.validate_pow2("block_s", block_s, common.TRITON_MIN_DOT)
+  block_r = (min(t_pad * (g & -g), DEFAULT_BLOCK_R) if config.block_r is None
+             else config.block_r)
+  block_s = DEFAULT_BLOCK_S if config.block_s is None else config.block_s
   if rows % block_r:
     raise common.BlockSizeError(f"block_r = {block_r} must divide the folded rows "
                                 f"G*Tp = {rows}")
   return t_pad, block_r, block_s
 
 
-def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref, *, block_s,
+def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref, *residual_refs, block_s,
             scale):
   length = len_ref[()]
   q_RxDh = q_ref[...]
@@ -87,43 +106,55 @@ def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref, *, 
            jnp.zeros((block_r, dh), jnp.float32))
   carry = lax.fori_loop(0, pl.cdiv(length, block_s), cache_block, carry)
   s_tree = jnp.dot(q_RxDh, kn_ref[...].T, preferred_element_type=jnp.float32)
-  _, l, acc = update(carry, s_tree, mask_ref[...] != 0, vn_ref[...])
+  m, l, acc = update(carry, s_tree, mask_ref[...] != 0, vn_ref[...])
   inv = jnp.where(l > 0, 1.0 / l, 0.0)  # nothing visible -> output 0
   o_ref[...] = (acc * inv[:, None]).astype(o_ref.dtype)
+  if residual_refs:  # the softmax residual, on request
+    residual_refs[0][...] = jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), _MASKED)
 
 
-@functools.partial(jax.jit, static_argnames=("block_s", "block_r", "interpret"))
-def tree_attention_gpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_B,
+@functools.partial(jax.jit, static_argnames=("config", "interpret", "return_residuals"))
+def tree_attention_gpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK,
                        k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, *,
-                       block_s: int | None = None, block_r: int | None = None,
-                       interpret: bool = False):
+                       config: GpuConfig = GpuConfig(), interpret: bool = False,
+                       return_residuals: bool = False):
   """Triton kernel entry point; same contract as tree_attention_reference."""
   b, t, h, dh = q_BxTxHxDh.shape
   kv, s = k_cache_BxKxSxDh.shape[1:3]
   g = h // kv
-  t_pad, block_r, block_s = plan(t, h, kv, dh, block_s, block_r)
+  t_pad, block_r, block_s = plan(t, h, kv, dh, config)
   rows = g * t_pad
   cache_dtype = k_cache_BxKxSxDh.dtype
 
-  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_B = layout.kernel_operands(
-      q_BxTxHxDh, cache_len_B, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, kv, s, t_pad,
+  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_BxK = layout.kernel_operands(
+      q_BxTxHxDh, cache_len_BxK, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, kv, s, t_pad,
       cache_dtype)
 
   rows_block = pl.BlockSpec((None, None, block_r, dh), lambda bi, ki, ri: (bi, ki, ri, 0))
   tree_block = pl.BlockSpec((None, None, t_pad, dh), lambda bi, ki, ri: (bi, ki, 0, 0))
   # Whole cache of one kv head per program; the kernel slices it block by block.
   cache_spec = pl.BlockSpec((None, None, s, dh), lambda bi, ki, ri: (bi, ki, 0, 0))
+  out_shape = jax.ShapeDtypeStruct(q_BxKxRxDh.shape, q_BxTxHxDh.dtype)
+  out_specs = rows_block
+  if return_residuals:
+    out_shape = (out_shape, jax.ShapeDtypeStruct((b, kv, rows), jnp.float32))
+    out_specs = [rows_block, pl.BlockSpec((None, None, block_r),
+                                          lambda bi, ki, ri: (bi, ki, ri))]
   out = pl.pallas_call(
       functools.partial(_kernel, block_s=block_s, scale=1.0 / math.sqrt(dh)),
       grid=(b, kv, rows // block_r),
-      in_specs=[pl.BlockSpec((None,), lambda bi, ki, ri: (bi,)), rows_block, cache_spec,
+      in_specs=[pl.BlockSpec((None, None), lambda bi, ki, ri: (bi, ki)), rows_block, cache_spec,
                 cache_spec, tree_block, tree_block,
                 pl.BlockSpec((None, block_r, t_pad), lambda bi, ki, ri: (bi, ri, 0))],
-      out_specs=rows_block,
-      out_shape=jax.ShapeDtypeStruct(q_BxKxRxDh.shape, q_BxTxHxDh.dtype),
-      compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
+      out_specs=out_specs,
+      out_shape=out_shape,
+      compiler_params=pl_triton.CompilerParams(num_warps=config.num_warps,
+                                               num_stages=config.num_stages),
       interpret=interpret,
       name="tree_attention_gpu",
-  )(lens_B, q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, kn_BxKxTpxDh, vn_BxKxTpxDh,
+  )(lens_BxK, q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, kn_BxKxTpxDh, vn_BxKxTpxDh,
     mask_BxRxTp)
-  return layout.unfold(out, t, t_pad)
+  if not return_residuals:
+    return layout.unfold(out, t, t_pad)
+  o, lse = out
+  return layout.unfold(o, t, t_pad), layout.unfold_lse(lse, t, t_pad)

@@ -39,13 +39,14 @@ def validate_inputs(q, k_cache, v_cache, cache_len, k_new, v_new, block_mask) ->
   if not _broadcastable(block_mask.shape, (b, t, t)):
     raise ValueError(f"block_mask_BxTxT must have shape [B, T, T] = {(b, t, t)} (or broadcast "
                      f"to it), got {block_mask.shape}")
-  if cache_len.shape != (b,):
-    raise ValueError(f"cache_len_B must have shape [B] = {(b,)}, got {cache_len.shape}")
+  if cache_len.shape != (b, kv):
+    raise ValueError(f"cache_len_BxK must have shape [B, K] = {(b, kv)} (a length per row and "
+                     f"kv head), got {cache_len.shape}")
   if not jnp.issubdtype(cache_len.dtype, jnp.integer):
-    raise ValueError(f"cache_len_B must be an integer array, got dtype {cache_len.dtype}")
+    raise ValueError(f"cache_len_BxK must be an integer array, got dtype {cache_len.dtype}")
   lens = common.concrete_int_array(cache_len)
   if lens is not None and lens.size and (lens.min() < 0 or lens.max() > s):
-    raise ValueError(f"cache_len_B must lie in [0, S={s}], got {lens.tolist()}")
+    raise ValueError(f"cache_len_BxK must lie in [0, S={s}], got {lens.tolist()}")
 
 
 def _broadcastable(shape, target) -> bool:
@@ -86,17 +87,24 @@ def row_mask(block_mask_BxTxT, groups: int, t_pad: int, cols: int):
   return jnp.tile(m, (1, groups, 1))
 
 
-def clamp_len(cache_len_B, s: int):
+def clamp_len(cache_len_BxK, s: int):
   """cache_len as int32 clipped to [0, S] (traced values cannot be range-checked)."""
-  return jnp.clip(cache_len_B.astype(jnp.int32), 0, s)
+  return jnp.clip(cache_len_BxK.astype(jnp.int32), 0, s)
 
 
-def kernel_operands(q_BxTxHxDh, cache_len_B, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT,
-                    kv_heads: int, s: int, t_pad: int, cache_dtype):
+def unfold_lse(lse_BxKxR, t: int, t_pad: int):
+  """Residuals [B, K, G * Tp] -> [B, T, H], dropping the padded rows."""
+  b, kv, r = lse_BxKxR.shape
+  g = r // t_pad
+  return lse_BxKxR.reshape(b, kv, g, t_pad).transpose(0, 3, 1, 2).reshape(b, t_pad, kv * g)[:, :t]
+
+
+def kernel_operands(q_BxTxHxDh, cache_len_BxK, k_new_BxTxKxDh, v_new_BxTxKxDh,
+                    block_mask_BxTxT, kv_heads: int, s: int, t_pad: int, cache_dtype):
   """The folded queries, blocked new keys/values, row mask and clamped lengths both kernels
-  take: (q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_B)."""
+  take: (q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_BxK)."""
   g = q_BxTxHxDh.shape[2] // kv_heads
   return (fold_queries(q_BxTxHxDh, kv_heads, t_pad),
           block_keys(k_new_BxTxKxDh, t_pad, cache_dtype),
           block_keys(v_new_BxTxKxDh, t_pad, cache_dtype),
-          row_mask(block_mask_BxTxT, g, t_pad, t_pad), clamp_len(cache_len_B, s))
+          row_mask(block_mask_BxTxT, g, t_pad, t_pad), clamp_len(cache_len_BxK, s))

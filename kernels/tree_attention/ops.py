@@ -4,6 +4,12 @@ The op every jaxtok attention layer with a cache calls: decoding (T = 1), chunke
 (causal block mask) and tree speculative verification (SpecInfer arXiv 2305.09781, ancestor
 mask) are the same computation with different block masks. See reference.py for the exact
 semantics; the kernels must match it (tests/kernels).
+
+Dispatch follows tokamax's rule: ``implementation=None`` picks the Pallas kernel of the
+platform (Mosaic on TPU, Triton on GPU) and falls back to the reference when the kernel cannot
+take the shape or when there is no accelerator; an explicit ``"pallas"`` never falls back - a
+shape the kernel cannot tile raises ``NotImplementedError`` with the reason, so a benchmark can
+never time the reference and call it the kernel.
 """
 from __future__ import annotations
 
@@ -14,46 +20,63 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxtok_kernels import common
 from jaxtok_kernels.tree_attention import layout
-from jaxtok_kernels.tree_attention.gpu import tree_attention_gpu
+from jaxtok_kernels.tree_attention.gpu import GpuConfig, tree_attention_gpu
 from jaxtok_kernels.tree_attention.reference import tree_attention_reference
-from jaxtok_kernels.tree_attention.tpu import tree_attention_tpu
+from jaxtok_kernels.tree_attention.tpu import TpuConfig, tree_attention_tpu
 
 Implementation = Literal["pallas", "xla"] | None
+Config = TpuConfig | GpuConfig
 
 
 def tree_attention(
     q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh: Float[Array, "B K S Dh"],
-    v_cache_BxKxSxDh: Float[Array, "B K S Dh"], cache_len_B: Int[Array, "B"],
+    v_cache_BxKxSxDh: Float[Array, "B K S Dh"], cache_len_BxK: Int[Array, "B K"],
     k_new_BxTxKxDh: Float[Array, "B T K Dh"], v_new_BxTxKxDh: Float[Array, "B T K Dh"],
     block_mask_BxTxT: Bool[Array, "B T T"], *, implementation: Implementation = None,
-    block_s: int | None = None) -> Float[Array, "B T H Dh"]:
-  """Attention of T new nodes over the cache slots < cache_len plus the block under its mask.
+    config: Config | None = None, return_residuals: bool = False):
+  """Attention of T new nodes over the cache slots < cache_len[b, k] plus the block under its
+  mask. Returns out [B, T, H, Dh], and with ``return_residuals`` (out, lse f32[B, T, H]).
 
   The cache is kv-head-major, [B, K, S, Dh] (jaxtok.cache's layout), which the kernels tile
   in place; the new block is [B, T, K, Dh], as the projections produce it.
 
   implementation: "xla" - the jnp reference; "pallas" - the Pallas kernel for the default
-  backend (Mosaic on TPU, Triton on GPU, the TPU kernel in interpret mode on CPU); None - Pallas
-  on TPU/GPU, the reference elsewhere. A shape the kernel cannot tile (NotImplementedError)
-  falls back to the reference; an explicit illegal `block_s` raises BlockSizeError.
+  backend (Mosaic on TPU, Triton on GPU, the TPU kernel in interpret mode on CPU), raising
+  NotImplementedError where it cannot run; None - Pallas on TPU/GPU where it can run, else the
+  reference. config: the kernel's tiling (``TpuConfig`` or ``GpuConfig``, matching the
+  platform); an illegal block raises BlockSizeError.
   """
-  args = (q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_B, k_new_BxTxKxDh,
+  args = (q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK, k_new_BxTxKxDh,
           v_new_BxTxKxDh, block_mask_BxTxT)
   if implementation not in (None, "pallas", "xla"):
     raise ValueError(f"implementation must be 'pallas', 'xla' or None, got {implementation!r}")
+  if config is not None and not isinstance(config, (TpuConfig, GpuConfig)):
+    raise ValueError(f"config must be a TpuConfig or GpuConfig, got {type(config).__name__}")
   layout.validate_inputs(*args)
   b, t = q_BxTxHxDh.shape[:2]
-  block_mask_BxTxT = jnp.broadcast_to(block_mask_BxTxT, (b, t, t))
-  args = args[:-1] + (block_mask_BxTxT,)
+  args = args[:-1] + (jnp.broadcast_to(block_mask_BxTxT, (b, t, t)),)
   if implementation == "xla":
-    return tree_attention_reference(*args)
+    return tree_attention_reference(*args, return_residuals=return_residuals)
   platform = common.backend()
   if implementation is None and platform not in ("tpu", "gpu"):
-    return tree_attention_reference(*args)
+    return tree_attention_reference(*args, return_residuals=return_residuals)
   try:
-    if platform == "gpu":
-      return tree_attention_gpu(*args, block_s=block_s)
-    # TPU compiles the Mosaic kernel; elsewhere the same kernel runs in the interpreter.
-    return tree_attention_tpu(*args, block_s=block_s, interpret=platform != "tpu")
+    return _pallas(platform, args, config, return_residuals)
   except NotImplementedError:
-    return tree_attention_reference(*args)
+    if implementation == "pallas":
+      raise
+    return tree_attention_reference(*args, return_residuals=return_residuals)
+
+
+def _pallas(platform: str, args, config: Config | None, return_residuals: bool):
+  if platform == "gpu":
+    if isinstance(config, TpuConfig):
+      raise ValueError("config: the GPU kernel takes a GpuConfig, got a TpuConfig")
+    return tree_attention_gpu(*args, config=config or GpuConfig(),
+                              return_residuals=return_residuals)
+  if isinstance(config, GpuConfig):
+    raise ValueError(f"config: the {platform} path runs the TPU kernel, which takes a "
+                     f"TpuConfig, got a GpuConfig")
+  # TPU compiles the Mosaic kernel; elsewhere the same kernel runs in the interpreter.
+  return tree_attention_tpu(*args, config=config or TpuConfig(), interpret=platform != "tpu",
+                            return_residuals=return_residuals)

@@ -14,7 +14,8 @@ def random_inputs(b: int, t: int, h: int, k: int, s: int, dh: int, dtype=jnp.flo
                   seed: int = 0, lens=None, mask_p: float | None = 0.5):
   """(q, k_cache, v_cache, cache_len, k_new, v_new, block_mask) with normal entries.
 
-  lens: per-row cache lengths (default: uniform in [0, S]). mask_p: probability that a block
+  lens: cache lengths per row [B] (every kv head alike) or per (row, kv head) [B, K]
+  (default: uniform in [0, S] per row and head). mask_p: probability that a block
   mask entry is visible; None gives a causal (chain) mask.
   """
   keys = jax.random.split(jax.random.key(seed), 6)
@@ -28,5 +29,7 @@ def random_inputs(b: int, t: int, h: int, k: int, s: int, dh: int, dtype=jnp.flo
   else:
     mask = jax.random.bernoulli(keys[5], mask_p, (b, t, t))
   if lens is None:
-    lens = np.random.RandomState(seed).randint(0, s + 1, size=b)
-  return q, k_cache, v_cache, jnp.asarray(lens, jnp.int32), k_new, v_new, mask
+    lens = np.random.RandomState(seed).randint(0, s + 1, size=(b, k))
+  lens = np.asarray(lens)
+  lens_BxK = np.broadcast_to(lens[:, None], (b, k)) if lens.ndim == 1 else lens
+  return q, k_cache, v_cache, jnp.asarray(lens_BxK, jnp.int32), k_new, v_new, mask

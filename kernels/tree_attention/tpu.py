@@ -7,9 +7,11 @@ with the draft tree block of SpecInfer-style verification (arXiv 2305.09781) as 
   steps j < n_blocks : cache block j (all visible below cache_len), skipped past cache_len
   step  j = n_blocks : the T new nodes under the tree mask, then normalise and write out
 
-`cache_len` is scalar-prefetched into SMEM (pltpu.PrefetchScalarGridSpec) so the cache index_map
-can clamp to the last block that holds a live slot: Pallas skips the DMA when a block index
-repeats, so a short cache costs only its live blocks, not S. The G query heads of one kv head
+`cache_len` (one per row and kv head) is scalar-prefetched into SMEM (pltpu.PrefetchScalarGridSpec)
+so the cache index_map can clamp to the last block that holds a live slot of the program's kv
+heads: Pallas skips the DMA when a block index repeats, so a short cache costs only its live
+blocks, not S. On request the kernel also writes the softmax residual lse = m + log(l) of every
+row (``return_residuals``), from which attention statistics are rebuilt exactly. The G query heads of one kv head
 are folded into rows (layout.py), so each cache block is read from HBM once per kv head.
 
 The cache is kv-head-major, [B, K, S, Dh], and is blocked as (1, kh, block_s, Dh): its last two
@@ -18,6 +20,7 @@ dimension) and is DMA'd straight from the array as stored - no relayout copy of 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -30,9 +33,9 @@ from jax.experimental.pallas import tpu as pltpu
 from jaxtok_kernels import common
 from jaxtok_kernels.tree_attention import layout
 
-# Finite "minus infinity": a fully masked row keeps m = _MASKED, exp(0) is zeroed by the mask,
-# and no inf - inf NaN appears (same value as the reference).
-_MASKED = -1e30
+# Finite "minus infinity" (common.MASKED): a fully masked row keeps m = MASKED, exp(0) is zeroed
+# by the mask, and no inf - inf NaN appears.
+_MASKED = common.MASKED
 # m and l live in lane-replicated (rows, 128) scratch: a (rows, 1) f32 buffer would be padded
 # to a full lane tile anyway, and the replicated form keeps every access lane-aligned.
 _STAT_LANES = 128
@@ -76,10 +79,26 @@ def _scores(q_RxDh, k_NxDh, scale):
   return s * scale
 
 
-def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref,
-            m_scr, l_scr, acc_scr, *, kh, block_s, n_blocks, scale):
-  b, j = pl.program_id(0), pl.program_id(2)
-  length = len_ref[b]
+def _group_lengths(len_ref, bi, ki, kh: int, kv: int):
+  """The cache lengths of the kh kv heads of program (bi, ki) from the flat [B * K] SMEM array."""
+  return [len_ref[bi * kv + ki * kh + i] for i in range(kh)]
+
+
+def _max(xs):
+  out = xs[0]
+  for x in xs[1:]:
+    out = jnp.maximum(out, x)
+  return out
+
+
+def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, *refs, kh, kv, block_s,
+            n_blocks, scale, return_residuals):
+  if return_residuals:
+    o_ref, lse_ref, m_scr, l_scr, acc_scr = refs
+  else:
+    (o_ref, m_scr, l_scr, acc_scr), lse_ref = refs, None
+  b, kb, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+  lengths = _group_lengths(len_ref, b, kb, kh, kv)
 
   @pl.when(j == 0)
   def _init():
@@ -87,17 +106,17 @@ def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref,
     l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
     acc_scr[...] = jnp.zeros(acc_scr.shape, jnp.float32)
 
-  @pl.when((j < n_blocks) & (j * block_s < length))
+  @pl.when((j < n_blocks) & (j * block_s < _max(lengths)))
   def _cache_block():
     col_1xN = j * block_s + lax.broadcasted_iota(jnp.int32, (1, block_s), 1)
     row_Nx1 = j * block_s + lax.broadcasted_iota(jnp.int32, (block_s, 1), 0)
     for i in range(kh):
       # Slots past cache_len (and a ragged last block's out-of-bounds rows) may hold anything,
       # even NaN; p = 0 there, but 0 * NaN = NaN, so the values are zeroed too.
-      v = jnp.where(row_Nx1 < length, vc_ref[i], 0)
+      v = jnp.where(row_Nx1 < lengths[i], vc_ref[i], 0)
       k = kc_ref[i]
       _online_update(m_scr, l_scr, acc_scr, i, _scores(q_ref[i], k, scale),
-                     col_1xN < length, v)
+                     col_1xN < lengths[i], v)
 
   @pl.when(j == n_blocks)
   def _tree_block_and_finish():
@@ -108,12 +127,28 @@ def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref,
       l = l_scr[i][:, :1]
       inv = jnp.where(l > 0, 1.0 / l, 0.0)  # nothing visible -> output 0
       o_ref[i] = (acc_scr[i] * inv).astype(o_ref.dtype)
+      if return_residuals:
+        l_lanes = l_scr[i]
+        lse_ref[i] = jnp.where(l_lanes > 0, m_scr[i] + jnp.log(jnp.maximum(l_lanes, 1e-30)),
+                               _MASKED)
 
 
-def plan(t: int, s: int, kv_heads: int, head_dim: int, block_s: int | None):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TpuConfig:
+  """Tiling of the Mosaic kernel. block_s: cache slots per grid step (None: min(S, 512)); the
+  (8, 128) rule applies unless it spans all of S."""
+  block_s: int | None = None
+
+  def __post_init__(self):
+    if self.block_s is not None and self.block_s < 1:
+      raise common.BlockSizeError(f"TpuConfig.block_s must be >= 1, got {self.block_s}")
+
+
+def plan(t: int, s: int, kv_heads: int, head_dim: int, config: TpuConfig):
   """Static tiling: (Tp, kh, block_s, n_blocks). Raises BlockSizeError on an illegal block."""
   t_pad = common.round_up(t, common.TPU_SUBLANES)
   kh = _heads_per_program(kv_heads, head_dim)
+  block_s = config.block_s
   if block_s is None:
     block_s = s if s <= DEFAULT_BLOCK_S else DEFAULT_BLOCK_S
   common.validate_tpu_block("k_cache_BxKxSxDh block (kh, block_s, Dh)",
@@ -121,46 +156,54 @@ def plan(t: int, s: int, kv_heads: int, head_dim: int, block_s: int | None):
   return t_pad, kh, block_s, common.cdiv(s, block_s)
 
 
-@functools.partial(jax.jit, static_argnames=("block_s", "interpret"))
-def tree_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_B,
+@functools.partial(jax.jit, static_argnames=("config", "interpret", "return_residuals"))
+def tree_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK,
                        k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, *,
-                       block_s: int | None = None, interpret: bool = False):
+                       config: TpuConfig = TpuConfig(), interpret: bool = False,
+                       return_residuals: bool = False):
   """Mosaic kernel entry point; same contract as tree_attention_reference."""
   b, t, h, dh = q_BxTxHxDh.shape
   kv, s = k_cache_BxKxSxDh.shape[1:3]
   g = h // kv
-  t_pad, kh, block_s, n_blocks = plan(t, s, kv, dh, block_s)
+  t_pad, kh, block_s, n_blocks = plan(t, s, kv, dh, config)
   rows = g * t_pad
   cache_dtype = k_cache_BxKxSxDh.dtype
 
-  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_B = layout.kernel_operands(
-      q_BxTxHxDh, cache_len_B, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, kv, s, t_pad,
+  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_BxK = layout.kernel_operands(
+      q_BxTxHxDh, cache_len_BxK, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, kv, s, t_pad,
       cache_dtype)
+  lens_flat = lens_BxK.reshape(b * kv)  # 1-D in SMEM (a 2-D SMEM array pads to 128 lanes)
 
   def cache_index(bi, ki, j, len_ref):
-    # Past the last live block, repeat it: same block index => Pallas issues no new DMA.
-    last = jnp.maximum(pl.cdiv(len_ref[bi], block_s) - 1, 0)
+    # Past the last live block of the program's kv heads, repeat it: same block index =>
+    # Pallas issues no new DMA.
+    last = jnp.maximum(pl.cdiv(_max(_group_lengths(len_ref, bi, ki, kh, kv)), block_s) - 1, 0)
     return bi, ki, jnp.minimum(j, last), 0
 
   head_block = pl.BlockSpec((None, kh, rows, dh), lambda bi, ki, j, _: (bi, ki, 0, 0))
   tree_block = pl.BlockSpec((None, kh, t_pad, dh), lambda bi, ki, j, _: (bi, ki, 0, 0))
   cache_block = pl.BlockSpec((None, kh, block_s, dh), cache_index)
+  # Residuals lane-replicated like m and l: a (rows, 1) block would break the (8, 128) rule.
+  lse_block = pl.BlockSpec((None, kh, rows, _STAT_LANES), lambda bi, ki, j, _: (bi, ki, 0, 0))
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=1,
       grid=(b, kv // kh, n_blocks + 1),
       in_specs=[head_block, cache_block, cache_block, tree_block, tree_block,
                 pl.BlockSpec((None, rows, t_pad), lambda bi, ki, j, _: (bi, 0, 0))],
-      out_specs=head_block,
+      out_specs=[head_block, lse_block] if return_residuals else head_block,
       scratch_shapes=[pltpu.VMEM((kh, rows, _STAT_LANES), jnp.float32),
                       pltpu.VMEM((kh, rows, _STAT_LANES), jnp.float32),
                       pltpu.VMEM((kh, rows, dh), jnp.float32)])
-  kernel = functools.partial(_kernel, kh=kh, block_s=block_s, n_blocks=n_blocks,
-                             scale=1.0 / math.sqrt(dh))
+  kernel = functools.partial(_kernel, kh=kh, kv=kv, block_s=block_s, n_blocks=n_blocks,
+                             scale=1.0 / math.sqrt(dh), return_residuals=return_residuals)
+  out_shape = jax.ShapeDtypeStruct(q_BxKxRxDh.shape, q_BxTxHxDh.dtype)
+  if return_residuals:
+    out_shape = (out_shape, jax.ShapeDtypeStruct((b, kv, rows, _STAT_LANES), jnp.float32))
   itemsize = jnp.dtype(cache_dtype).itemsize
   out = pl.pallas_call(
       kernel,
       grid_spec=grid_spec,
-      out_shape=jax.ShapeDtypeStruct(q_BxKxRxDh.shape, q_BxTxHxDh.dtype),
+      out_shape=out_shape,
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "arbitrary")),
       cost_estimate=pl.CostEstimate(
@@ -170,6 +213,9 @@ def tree_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len
           + 2 * q_BxKxRxDh.size * q_BxKxRxDh.dtype.itemsize),
       interpret=interpret,
       name="tree_attention_tpu",
-  )(lens_B, q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, kn_BxKxTpxDh, vn_BxKxTpxDh,
+  )(lens_flat, q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, kn_BxKxTpxDh, vn_BxKxTpxDh,
     mask_BxRxTp)
-  return layout.unfold(out, t, t_pad)
+  if not return_residuals:
+    return layout.unfold(out, t, t_pad)
+  o, lse = out
+  return layout.unfold(o, t, t_pad), layout.unfold_lse(lse[..., 0], t, t_pad)

@@ -7,7 +7,7 @@ import pytest
 
 import jaxtok_kernels
 from jaxtok_kernels import common
-from jaxtok_kernels.tree_attention import gpu, ops, tpu
+from jaxtok_kernels.tree_attention import GpuConfig, TpuConfig, gpu, ops, tpu
 from jaxtok_kernels.tree_attention.reference import tree_attention_reference
 
 SMALL = dict(b=2, t=3, h=4, k=2, s=11, dh=8)
@@ -31,31 +31,42 @@ def test_pallas_on_cpu_runs_the_kernel_in_interpret_mode(make_inputs, monkeypatc
     return real(*a, **kw)
 
   monkeypatch.setattr(ops, "tree_attention_tpu", spy)
-  out = jaxtok_kernels.tree_attention(*args, implementation="pallas", block_s=8)
+  out = jaxtok_kernels.tree_attention(*args, implementation="pallas",
+                                      config=TpuConfig(block_s=8))
   assert calls and calls[0]["interpret"] is True
   np.testing.assert_allclose(np.asarray(out), np.asarray(tree_attention_reference(*args)),
                              atol=common.tolerance(jnp.float32, 14))
 
 
-def test_not_implemented_falls_back_to_reference(make_inputs, monkeypatch):
+def test_explicit_pallas_on_an_unsupported_shape_raises_and_auto_falls_back(make_inputs):
+  # The Triton kernel needs a power-of-two head dim >= 16; SMALL has Dh = 8. Traced for a GPU
+  # (as an AOT compile would), "pallas" must say why instead of timing the reference.
   args = make_inputs(**SMALL, seed=2)
-
-  def unsupported(*a, **kw):
-    raise NotImplementedError("shape the kernel cannot tile")
-
-  monkeypatch.setattr(ops, "tree_attention_tpu", unsupported)
-  out = jaxtok_kernels.tree_attention(*args, implementation="pallas")
+  with common.compile_for("gpu"):
+    with pytest.raises(NotImplementedError, match="head dim"):
+      jaxtok_kernels.tree_attention(*args, implementation="pallas")
+    out = jaxtok_kernels.tree_attention(*args)  # automatic: the reference
   np.testing.assert_array_equal(np.asarray(out), np.asarray(tree_attention_reference(*args)))
+
+
+def test_config_must_match_the_backend(make_inputs):
+  args = make_inputs(**SMALL, seed=2)
+  with pytest.raises(ValueError, match="TpuConfig"):
+    jaxtok_kernels.tree_attention(*args, implementation="pallas", config=GpuConfig())
+  with pytest.raises(ValueError, match="config must be"):
+    jaxtok_kernels.tree_attention(*args, config={"block_s": 8})
+  with pytest.raises(common.BlockSizeError, match="power of two"):
+    GpuConfig(block_s=48)
 
 
 def test_gpu_plan_tiles_any_group_and_rejects_other_head_dims():
   with pytest.raises(NotImplementedError, match="head dim"):
-    gpu.plan(t=4, h=4, kv_heads=2, head_dim=96, block_s=None, block_r=None)
-  assert gpu.plan(t=5, h=8, kv_heads=2, head_dim=64, block_s=None, block_r=None) == (16, 64, 64)
+    gpu.plan(t=4, h=4, kv_heads=2, head_dim=96, config=GpuConfig())
+  assert gpu.plan(t=5, h=8, kv_heads=2, head_dim=64, config=GpuConfig()) == (16, 64, 64)
   # G = 3 (SmolLM2: 9 query / 3 kv heads): 48 folded rows in blocks of 16.
-  assert gpu.plan(t=1, h=9, kv_heads=3, head_dim=64, block_s=None, block_r=None) == (16, 16, 64)
+  assert gpu.plan(t=1, h=9, kv_heads=3, head_dim=64, config=GpuConfig()) == (16, 16, 64)
   with pytest.raises(common.BlockSizeError, match="divide"):
-    gpu.plan(t=1, h=9, kv_heads=3, head_dim=64, block_s=None, block_r=32)
+    gpu.plan(t=1, h=9, kv_heads=3, head_dim=64, config=GpuConfig(block_r=32))
 
 
 def test_unknown_implementation():
@@ -73,9 +84,11 @@ def test_unknown_implementation():
      r"k_cache_BxKxSxDh must have shape \[B=2, K, S, Dh=8\]"),
     (lambda a: a.__setitem__(4, a[4][:, :2]), r"k_new_BxTxKxDh must have shape \[B, T, K, Dh\]"),
     (lambda a: a.__setitem__(6, a[6][:, :2]), r"block_mask_BxTxT must have shape \[B, T, T\]"),
-    (lambda a: a.__setitem__(3, jnp.array([1, 12], jnp.int32)), r"cache_len_B must lie in \[0, S=11\]"),
-    (lambda a: a.__setitem__(3, jnp.array([-1, 0], jnp.int32)), "cache_len_B"),
-    (lambda a: a.__setitem__(3, jnp.array([1], jnp.int32)), r"cache_len_B must have shape \[B\]"),
+    (lambda a: a.__setitem__(3, jnp.array([[1, 12], [0, 0]], jnp.int32)),
+     r"cache_len_BxK must lie in \[0, S=11\]"),
+    (lambda a: a.__setitem__(3, jnp.array([[-1, 0], [0, 0]], jnp.int32)), "cache_len_BxK"),
+    (lambda a: a.__setitem__(3, jnp.array([1, 2], jnp.int32)),
+     r"cache_len_BxK must have shape \[B, K\]"),
 ])
 def test_bad_input_names_the_argument(make_inputs, change, match):
   args = list(make_inputs(**SMALL, seed=3))
@@ -103,17 +116,17 @@ def test_tpu_block_size_validation():
   with pytest.raises(common.BlockSizeError, match=r"must be in \[1, 40\]"):
     common.validate_tpu_block("too big", (48, 128), (40, 128))
   with pytest.raises(common.BlockSizeError, match="block_s"):
-    tpu.plan(t=3, s=40, kv_heads=2, head_dim=64, block_s=12)
+    tpu.plan(t=3, s=40, kv_heads=2, head_dim=64, config=TpuConfig(block_s=12))
   # Dh = 64 with K = 2: two kv heads per program make the 128-lane block legal.
-  assert tpu.plan(t=3, s=40, kv_heads=2, head_dim=64, block_s=16) == (8, 2, 16, 3)
-  assert tpu.plan(t=9, s=4096, kv_heads=8, head_dim=128, block_s=None) == (16, 1, 512, 8)
+  assert tpu.plan(t=3, s=40, kv_heads=2, head_dim=64, config=TpuConfig(block_s=16)) == (8, 2, 16, 3)
+  assert tpu.plan(t=9, s=4096, kv_heads=8, head_dim=128, config=TpuConfig()) == (16, 1, 512, 8)
 
 
 def test_triton_block_size_validation():
   with pytest.raises(common.BlockSizeError, match="power of two"):
     common.validate_pow2("block_s", 48, 16)
   with pytest.raises(common.BlockSizeError, match=">= 16"):
-    gpu.plan(t=4, h=4, kv_heads=2, head_dim=64, block_s=8, block_r=None)
+    GpuConfig(block_s=8)
 
 
 def test_tolerance_scales_with_reduction():

@@ -13,14 +13,14 @@ import pytest
 
 from jaxtok.nn import attention as jaxtok_attention
 from jaxtok_kernels import common
-from jaxtok_kernels.tree_attention.gpu import tree_attention_gpu
+from jaxtok_kernels.tree_attention.gpu import GpuConfig, tree_attention_gpu
 from jaxtok_kernels.tree_attention.reference import tree_attention_reference as _reference
-from jaxtok_kernels.tree_attention.tpu import tree_attention_tpu
+from jaxtok_kernels.tree_attention.tpu import TpuConfig, tree_attention_tpu
 
 STD = dict(b=5, t=5, h=4, k=2, s=40, dh=16)
 BLOCK_S = 16
 # Jitted once per shape: eager dispatch of the dense reference costs seconds on 2 cores.
-tree_attention_reference = jax.jit(_reference)
+tree_attention_reference = jax.jit(_reference, static_argnames="return_residuals")
 
 
 def assert_close(out, ref, dtype, reduction):
@@ -36,12 +36,30 @@ class KernelVsReference:
   platform (JAX_PLATFORMS=cuda on a GPU machine runs the Triton kernel natively).
   """
 
-  kernel = None  # set by subclasses: fn(*args, block_s=..., interpret=...)
+  kernel = None  # set by subclasses: fn(*args, config=..., interpret=...)
   platform = None  # "tpu" | "gpu": where the kernel compiles natively
+  config = None  # the backend's tiling with block_s = BLOCK_S
 
-  def run(self, args):
+  def run(self, args, **kw):
     interpret = common.backend() != self.platform
-    return type(self).kernel(*args, block_s=BLOCK_S, interpret=interpret)
+    return type(self).kernel(*args, config=self.config, interpret=interpret, **kw)
+
+  def test_per_head_lengths_ragged_including_zero_and_capacity(self, make_inputs):
+    # Each (row, kv head) its own length, as compression policies leave the cache.
+    s = STD["s"]
+    lens = [[0, s], [s, 0], [1, BLOCK_S], [BLOCK_S - 1, 33], [0, 0]]
+    args = make_inputs(**STD, seed=12, lens=lens)
+    assert_close(self.run(args), tree_attention_reference(*args), jnp.float32, s + STD["t"])
+
+  def test_residuals_equal_the_reference_logsumexp(self, make_inputs):
+    args = list(make_inputs(**STD, seed=13, lens=[[0, 40], [3, 17], [16, 0], [39, 5], [0, 0]]))
+    args[6] = args[6].at[4].set(False)  # row 4: nothing visible at all -> lse = MASKED
+    out, lse = self.run(args, return_residuals=True)
+    ref_out, ref_lse = tree_attention_reference(*args, return_residuals=True)
+    assert_close(out, ref_out, jnp.float32, STD["s"] + STD["t"])
+    assert lse.shape == (STD["b"], STD["t"], STD["h"]) and lse.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(lse), np.asarray(ref_lse), rtol=1e-5, atol=1e-5)
+    assert bool(jnp.all(lse[4] == common.MASKED))
 
   @pytest.mark.parametrize("shape,dtype", [
       (dict(b=3, t=1, h=8, k=2, s=37, dh=32), jnp.float32),     # decode, G=4, S % block != 0
@@ -70,7 +88,7 @@ class KernelVsReference:
   def test_nan_past_cache_len_is_ignored(self, make_inputs):
     # Slots >= cache_len are garbage (here NaN): p = 0 there must not turn into 0 * NaN.
     q, kc, vc, lens, kn, vn, mask = make_inputs(**STD, seed=4, lens=[3, 17, 20, 33, 39])
-    dead = jnp.arange(STD["s"])[None, None, :, None] >= lens[:, None, None, None]
+    dead = jnp.arange(STD["s"])[None, None, :, None] >= lens[:, :, None, None]
     kc, vc = jnp.where(dead, jnp.nan, kc), jnp.where(dead, jnp.nan, vc)
     out = self.run((q, kc, vc, lens, kn, vn, mask))
     assert bool(jnp.all(jnp.isfinite(out)))
@@ -98,7 +116,7 @@ class KernelVsReference:
     # causal attention over the concatenated P + T sequence (chunked prefill).
     p = 13
     q, kc, vc, _, kn, vn, _ = make_inputs(**STD, seed=6)
-    lens = jnp.full((STD["b"],), p, jnp.int32)
+    lens = jnp.full((STD["b"], STD["k"]), p, jnp.int32)
     mask = jnp.broadcast_to(jnp.tril(jnp.ones((5, 5), bool)), (STD["b"], 5, 5))
     out = self.run((q, kc, vc, lens, kn, vn, mask))
     # jaxtok's dense attention takes [B, S, K, Dh]; the cache is [B, K, S, Dh].
@@ -113,6 +131,7 @@ class KernelVsReference:
 class TestTpuKernel(KernelVsReference):
   kernel = staticmethod(tree_attention_tpu)
   platform = "tpu"
+  config = TpuConfig(block_s=BLOCK_S)
 
   @pytest.mark.parametrize("shape,dtype", [
       (dict(b=3, t=1, h=3, k=1, s=37, dh=32), jnp.float32),     # G=3: not a power of two
@@ -126,6 +145,7 @@ class TestTpuKernel(KernelVsReference):
 class TestGpuKernel(KernelVsReference):
   kernel = staticmethod(tree_attention_gpu)
   platform = "gpu"
+  config = GpuConfig(block_s=BLOCK_S)
 
   def test_group_of_three_like_smollm2(self, make_inputs):
     # 9 query heads over 3 kv heads, Dh=64: 48 folded rows in three 16-row blocks.
@@ -147,14 +167,14 @@ def test_reference_hand_worked_single_head():
   mask = jnp.ones((1, 1, 1), bool)
   e = math.e
   # Both slots visible: scores (1, 2, 0) -> out = (10 e + 20 e^2 + 30) / (e + e^2 + 1) ~ 17.96.
-  out = tree_attention_reference(q, kc, vc, jnp.array([2]), kn, vn, mask)
+  out = tree_attention_reference(q, kc, vc, jnp.array([[2]]), kn, vn, mask)
   np.testing.assert_allclose(float(out[0, 0, 0, 0]), (10 * e + 20 * e**2 + 30) / (e + e**2 + 1),
                              rtol=1e-6)
   # cache_len = 1 hides slot 1: scores (1, 0) -> (10 e + 30) / (e + 1) ~ 15.38.
-  out = tree_attention_reference(q, kc, vc, jnp.array([1]), kn, vn, mask)
+  out = tree_attention_reference(q, kc, vc, jnp.array([[1]]), kn, vn, mask)
   np.testing.assert_allclose(float(out[0, 0, 0, 0]), (10 * e + 30) / (e + 1), rtol=1e-6)
   # Nothing visible (cache_len 0, node masked out): the row is 0, not an average.
-  out = tree_attention_reference(q, kc, vc, jnp.array([0]), kn, vn, ~mask)
+  out = tree_attention_reference(q, kc, vc, jnp.array([[0]]), kn, vn, ~mask)
   assert float(out[0, 0, 0, 0]) == 0.0
 
 
@@ -164,7 +184,7 @@ def test_reference_hand_worked_gqa():
   q = _one([[[[2, 0, 0, 0], [0, 0, 0, 0]]]])
   kc, vc = _one([[[[2, 0, 0, 0]]]]), jnp.ones((1, 1, 1, 4))
   kn, vn = jnp.zeros((1, 1, 1, 4)), jnp.full((1, 1, 1, 4), 3.0)
-  out = tree_attention_reference(q, kc, vc, jnp.array([1]), kn, vn, jnp.ones((1, 1, 1), bool))
+  out = tree_attention_reference(q, kc, vc, jnp.array([[1]]), kn, vn, jnp.ones((1, 1, 1), bool))
   e2 = math.e**2
   # head 0: scores (2*2/2, 0) = (2, 0) -> (e^2 * 1 + 1 * 3) / (e^2 + 1) ~ 1.238
   np.testing.assert_allclose(np.asarray(out[0, 0, 0]), (e2 + 3) / (e2 + 1), rtol=1e-6)
@@ -175,10 +195,10 @@ def test_reference_hand_worked_gqa():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_reference_matches_jaxtok_dense_attention(make_inputs, dtype):
   """Same numbers as jaxtok's uncached attention over concat(cache, block) with the full mask."""
-  args = make_inputs(b=3, t=6, h=6, k=2, s=23, dh=8, dtype=dtype, seed=8)
+  args = make_inputs(b=3, t=6, h=6, k=2, s=23, dh=8, dtype=dtype, seed=8, lens=[0, 9, 23])
   q, kc, vc, cache_len, kn, vn, mask = args
   in_cache_BxTxS = jnp.broadcast_to(
-      (jnp.arange(23)[None, :] < cache_len[:, None])[:, None, :], (3, 6, 23))
+      (jnp.arange(23)[None, :] < cache_len[:, :1])[:, None, :], (3, 6, 23))
   dense = jaxtok_attention.attention(
       q, jnp.concatenate([jnp.swapaxes(kc, 1, 2), kn.astype(kc.dtype)], 1),
       jnp.concatenate([jnp.swapaxes(vc, 1, 2), vn.astype(vc.dtype)], 1),
@@ -213,7 +233,8 @@ def test_kernels_read_the_cache_in_place(make_inputs, kernel, dh):
   # The [B, K, S, Dh] cache must reach pallas_call as the caller's array: any reshape or
   # transpose of it here is a full-cache relayout copy on TPU on every decode step.
   args = make_inputs(b=2, t=1, h=8, k=2, s=64, dh=dh, seed=10)
-  closed = jax.make_jaxpr(lambda *a: kernel(*a, block_s=16))(*args)
+  config = TpuConfig(block_s=16) if kernel is tree_attention_tpu else GpuConfig(block_s=16)
+  closed = jax.make_jaxpr(lambda *a: kernel(*a, config=config))(*args)
   inner, operands = _pallas_call_operands(closed)
   k_cache_var, v_cache_var = inner.invars[1], inner.invars[2]
   assert k_cache_var in operands and v_cache_var in operands
