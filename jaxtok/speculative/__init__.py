@@ -1,0 +1,1 @@
+"""Tree speculative decoding: draft trees, verification on the tree-attention kernel, lossless acceptance, drafters (Token Recycling arXiv 2408.08696, SuffixDecoding arXiv 2411.04975, prompt lookup)."""

@@ -1,0 +1,1 @@
+"""KV-compression kernels: jnp references, Pallas TPU and GPU kernels, dispatchers."""
