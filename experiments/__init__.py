@@ -7,6 +7,7 @@ named here and imported lazily, so listing them costs nothing.
 EXPERIMENTS = {
     "lm": "jaxtok_experiments.lm",
     "lm-eval": "jaxtok_experiments.lm_eval",
+    "markov-tokenization": "jaxtok_experiments.markov_tokenization",
 }
 
 BENCHES = {
