@@ -33,6 +33,7 @@ from jaxtok.tokenize.symbol_bpe import bpe_train
 from jaxtok.tokenize.unigram import per_char_cross_entropy, unigram_fit
 from jaxtok.tokenize.vocab_encode import block_vocabulary
 from jaxtok.train.config import TrainConfig
+from jaxtok.train.losses import next_token_loss
 from jaxtok.train.loop import train
 from jaxtok_experiments.runner import Claim
 
@@ -163,8 +164,7 @@ def dictionary_sweep(c: SweepConfig) -> dict:
 def _kl_to_unigram(graphdef, params, inputs_BxT, logq_V):
   """Mean over positions of KL(model next-token distribution || unigram q)."""
   b, t = inputs_BxT.shape
-  out = forward(graphdef, params, inputs_BxT, default_positions(b, t))
-  logits_BxTxV = out.logits if hasattr(out, "logits") else out[0]
+  logits_BxTxV = forward(graphdef, params, inputs_BxT, default_positions(b, t)).logits
   logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), -1)
   return jnp.mean(jnp.sum(jnp.exp(logp_BxTxV) * (logp_BxTxV - logq_V), -1))
 
@@ -177,7 +177,8 @@ def _train_one(cfg: Config, name: str, tokens: np.ndarray, val_tokens: np.ndarra
   val = fixed_batches(TokenWindows(val_tokens, seq_len), lc.batch_size, lc.val_batches)
   out = train(model, cfg.train, cfg.mesh, train_source=TokenWindows(tokens, seq_len),
               val_batches=val, batch_size=lc.batch_size, out_dir=out_dir / name,
-              config_dict={**to_dict(cfg), "run": name}, resume=resume)
+              config_dict={**to_dict(cfg), "run": name}, resume=resume,
+              loss_fn=next_token_loss)  # the one train step, standard next-token loss
   logq = unigram_fit(tokens, vocab)
   kl = float(np.mean([_kl_to_unigram(out["setup"].graphdef, out["state"].params,
                                      jnp.asarray(b["inputs"]), jnp.asarray(logq, jnp.float32))
