@@ -136,7 +136,7 @@ def random_source(k: int, alphabet_size: int, seed: int, concentration: float = 
 
 # ------------------------------------------------------------------------------------ exact math
 
-def stationary_contexts(src: MarkovSource) -> np.ndarray:
+def stationary_contexts(src: MarkovSource) -> Float[np.ndarray, "S"]:
   """mu over the A^k contexts: mu P = mu, sum mu = 1 (unique by ergodicity)."""
   chain = src.context_chain_SxS()
   s_n = src.n_contexts
@@ -150,7 +150,7 @@ def stationary_contexts(src: MarkovSource) -> np.ndarray:
   return np.clip(mu, 0.0, None) / np.clip(mu, 0.0, None).sum()
 
 
-def symbol_marginal(src: MarkovSource) -> np.ndarray:
+def symbol_marginal(src: MarkovSource) -> Float[np.ndarray, "A"]:
   """pi(a) = P(x_t = a) under stationarity."""
   mu = stationary_contexts(src)
   return mu @ src.transition_SxA
@@ -259,7 +259,7 @@ def _switching_scan(key, n: int, k: int, p, q):
 
 
 def sample_switching(key: Array, n: int, k: int, p: float, q: float) -> Int[Array, "N"]:
-  """n symbols of the stationary k-th order switching source, u8-valued i32 (0/1)."""
+  """n symbols (0/1, int32) of the stationary k-th order switching source."""
   switching_source(k, p, q)  # validates k, p, q
   require(isinstance(n, (int, np.integer)) and n >= 1, "n", "a positive length", n)
   return _switching_scan(key, int(n), int(k), jnp.float32(p), jnp.float32(q))

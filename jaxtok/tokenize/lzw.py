@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxtok.config import require
-from jaxtok.tokenize.vocab_encode import Vocabulary, as_symbols, check_training_data
+from jaxtok.tokenize.vocab_encode import (Vocabulary, as_symbols, check_training_data,
+                                          training_alphabet)
 
 
 def lzw_train(data, d: int, alphabet=None) -> Vocabulary:
@@ -23,7 +24,7 @@ def lzw_train(data, d: int, alphabet=None) -> Vocabulary:
   """
   seq = as_symbols(data)
   check_training_data(seq)
-  alpha = sorted(set(np.unique(seq).tolist()) | set(int(a) for a in (alphabet or ())))
+  alpha = training_alphabet(seq, alphabet)
   require(isinstance(d, (int, np.integer)) and d >= len(alpha), "d",
           f"a dictionary size >= the alphabet size {len(alpha)}", d)
   tokens: list[tuple[int, ...]] = [(a,) for a in alpha]

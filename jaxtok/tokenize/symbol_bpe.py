@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxtok.config import require
-from jaxtok.tokenize.vocab_encode import Vocabulary, as_symbols, check_training_data
+from jaxtok.tokenize.vocab_encode import (Vocabulary, as_symbols, check_training_data,
+                                          training_alphabet)
 
 
 class _PairList:
@@ -164,7 +165,7 @@ def bpe_train(data, d: int, alphabet=None) -> BPE:
   """
   seq = as_symbols(data)
   check_training_data(seq)
-  alpha = sorted(set(np.unique(seq).tolist()) | set(int(a) for a in (alphabet or ())))
+  alpha = training_alphabet(seq, alphabet)
   require(isinstance(d, (int, np.integer)) and d >= len(alpha), "d",
           f"a dictionary size >= the alphabet size {len(alpha)}", d)
   symbol_id = {a: i for i, a in enumerate(alpha)}

@@ -42,6 +42,12 @@ def check_training_data(seq: np.ndarray, name: str = "data") -> None:
   require(len(np.unique(seq)) >= 2, name, "at least 2 distinct symbols", "a single symbol")
 
 
+def training_alphabet(seq: np.ndarray, alphabet=None) -> list[int]:
+  """The symbols of ``seq`` together with any extra ``alphabet`` symbols, sorted."""
+  extra = () if alphabet is None else np.asarray(alphabet).ravel().tolist()
+  return sorted(set(np.unique(seq).tolist()) | {int(a) for a in extra})
+
+
 class Vocabulary:
   """Tokens (tuples of symbols) with ids 0..d-1; includes every symbol of its alphabet."""
 

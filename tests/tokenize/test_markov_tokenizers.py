@@ -98,6 +98,20 @@ def _naive_bpe(seq, d):
   return merges, ids
 
 
+def _apply_merges(ids, merges, n_alpha):
+  for r, pair in enumerate(merges):
+    out, i = [], 0
+    while i < len(ids):
+      if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+        out.append(n_alpha + r)
+        i += 2
+      else:
+        out.append(ids[i])
+        i += 1
+    ids = out
+  return ids
+
+
 def test_bpe_matches_naive_recount_and_sequential_merges():
   rng = np.random.default_rng(1)
   for _ in range(60):
@@ -110,6 +124,11 @@ def test_bpe_matches_naive_recount_and_sequential_merges():
     bpe = bpe_train(seq, d)
     assert bpe.merges == merges
     assert bpe.encode(seq).tolist() == ids
+    # Unseen text: the heap-ordered encoder equals applying the merges one after another.
+    alpha = sorted(set(seq))
+    other = rng.choice(alpha, int(rng.integers(0, 120))).tolist()
+    expected = _apply_merges([alpha.index(s) for s in other], merges, len(alpha))
+    assert bpe.encode(other).tolist() == expected
 
 
 def test_lzw_dictionary_is_welch_parse():
