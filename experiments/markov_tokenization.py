@@ -40,6 +40,12 @@ from jaxtok_experiments.runner import Claim
 PAPER = "arXiv 2404.08335"
 
 
+def _check_source(part: str, k: int, p: float, q: float) -> None:
+  require(k >= 1, f"{part}.k", "an integer order >= 1", k)
+  require(0 < p < 1, f"{part}.p", "a probability in (0, 1)", p)
+  require(0 < q < 1, f"{part}.q", "a probability in (0, 1)", q)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SweepConfig:
   k: int = 3
@@ -53,7 +59,7 @@ class SweepConfig:
   seed: int = 0
 
   def __post_init__(self):
-    markov.switching_source(self.k, self.p, self.q)
+    _check_source("sweep", self.k, self.p, self.q)
     for name in ("dict_chars", "fit_chars", "test_chars", "block_max_r"):
       require(getattr(self, name) > 0, f"sweep.{name}", "a positive integer", getattr(self, name))
     require(len(self.sizes) >= 2 and all(d >= 2 for d in self.sizes), "sweep.sizes",
@@ -76,8 +82,10 @@ class LearnConfig:
   seed: int = 1
 
   def __post_init__(self):
-    markov.switching_source(self.k, self.p, self.q)
-    for name in ("dict_size", "dict_chars", "train_chars", "val_chars", "char_seq_len",
+    _check_source("learn", self.k, self.p, self.q)
+    require(self.dict_size >= 2, "learn.dict_size", "a dictionary size >= the alphabet size 2",
+            self.dict_size)
+    for name in ("dict_chars", "train_chars", "val_chars", "char_seq_len",
                  "token_seq_len", "batch_size", "val_batches"):
       require(getattr(self, name) > 0, f"learn.{name}", "a positive integer", getattr(self, name))
 
