@@ -1,1 +1,45 @@
-"""KV-cache compression: policies (scores or keep/merge plans per (layer, kv head)), budgets, plan application, PIE re-rotation."""
+"""KV-cache compression: policies (scores or keep/merge plans per (layer, kv head)), budgets,
+plan application, compression while decoding, PIE re-rotation.
+
+``make(name, **fields)`` builds a policy by name; ``POLICIES`` lists them. Each policy's module
+names its paper. Typical use (one prefill, many policies)::
+
+    logits, cache, obs = observe(graphdef, params, init_cache(cfg, b, cap), tokens, window=32)
+    res = compress(cache, make("snapkv"), from_ratio(cfg.n_layers, cfg.kv_heads, t, 0.1), obs)
+"""
+from __future__ import annotations
+
+from jaxtok.kvcompress.adakv import AdaKV
+from jaxtok.kvcompress.apply import Result, apply_plans, cache_bytes, compress, resize
+from jaxtok.kvcompress.base import (Budget, LayerPlan, Observation, Policy, from_ratio, observe,
+                                    pyramid, top_plan, uniform)
+from jaxtok.kvcompress.elastic_cache import ElasticCache
+from jaxtok.kvcompress.ems import EMS
+from jaxtok.kvcompress.full import Full
+from jaxtok.kvcompress.h2o import H2O
+from jaxtok.kvcompress.knorm import KNorm
+from jaxtok.kvcompress.pyramidkv import PyramidKV
+from jaxtok.kvcompress.random_policy import Random
+from jaxtok.kvcompress.sentencekv import SentenceKV
+from jaxtok.kvcompress.snapkv import SnapKV
+from jaxtok.kvcompress.streaming_llm import StreamingLLM
+from jaxtok.kvcompress.tova import TOVA
+
+POLICIES = {p.name: p for p in (Full, Random, StreamingLLM, H2O, TOVA, SnapKV, PyramidKV, KNorm,
+                                ElasticCache, EMS, SentenceKV)}
+
+
+def make(name: str, **fields) -> Policy:
+  """A policy by name; ``adakv_<name>`` wraps a scorer in AdaKV's head-wise allocation."""
+  if name.startswith("adakv_"):
+    return AdaKV(inner=make(name[len("adakv_"):], **fields))
+  if name not in POLICIES:
+    raise ValueError(f"policy: unknown name {name!r}; known: {sorted(POLICIES)} (or "
+                     "'adakv_<name>')")
+  return POLICIES[name](**fields)
+
+
+__all__ = ["AdaKV", "Budget", "EMS", "ElasticCache", "Full", "H2O", "KNorm", "LayerPlan",
+           "Observation", "POLICIES", "Policy", "PyramidKV", "Random", "Result", "SentenceKV",
+           "SnapKV", "StreamingLLM", "TOVA", "apply_plans", "cache_bytes", "compress",
+           "from_ratio", "make", "observe", "pyramid", "resize", "top_plan", "uniform"]

@@ -1,0 +1,153 @@
+"""Applying compression plans to a real cache (kv_and_tree.md §E ``apply_plan``).
+
+Every (layer, row, kv head) keeps the slots its plan lists (compaction through
+``jaxtok.cache.keep``: the kept tokens keep their stored positions, ``next_pos`` is unchanged)
+and folds every merged slot into its destination with a mass-weighted mean of keys and values
+(Elastic Cache arXiv 2407.18121 §3.3; EMS arXiv 2412.08521 §3), where a slot's mass is the
+number of original tokens already folded into it; slots sent to the trash class (EMS's zero
+class, index S) are dropped. One scatter-add does all heads at once whatever each head evicts
+or merges.
+
+``compress`` runs a policy over every layer and reports the fraction of valid slots actually
+kept; ``resize`` gives the compressed cache a smaller capacity, so the memory is really freed.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jaxtyping import Array, Float
+
+from jaxtok import cache as cache_lib
+from jaxtok.cache import EMPTY_POS, KVCache, LayerKV
+from jaxtok.kvcompress.base import Budget, LayerPlan, Observation, Policy
+
+
+def merge_reference(x_BxKxSxDh: Float[Array, "B K S Dh"], mass_BxKxS: Float[Array, "B K S"],
+                    dest_BxKxS) -> tuple[Float[Array, "B K S Dh"], Float[Array, "B K S"]]:
+  """Per destination m < S: (sum_j mass_j x_j, sum_j mass_j) over the slots j with dest_j = m
+  (a one-hot contraction; dest = S, the trash class, falls outside the one-hot and vanishes)."""
+  s = x_BxKxSxDh.shape[2]
+  onehot_BxKxSxM = jax.nn.one_hot(dest_BxKxS, s, dtype=jnp.float32)
+  w_BxKxSxM = onehot_BxKxSxM * mass_BxKxS[..., None]
+  sum_BxKxMxDh = jnp.einsum("bksm,bksd->bkmd", w_BxKxSxM, x_BxKxSxDh.astype(jnp.float32),
+                            precision=jax.lax.Precision.HIGHEST)
+  return sum_BxKxMxDh, w_BxKxSxM.sum(axis=2)
+
+
+def merge_sums(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS):
+  """(sum mass*k, sum mass*v, sum mass) per destination, O(S Dh) per head (segment sums; the
+  one-hot ``merge_reference`` costs O(S^2 Dh))."""
+  w = mass_BxKxS[..., None]
+  k_sum = segment_sums(w * k_BxKxSxDh.astype(jnp.float32), dest_BxKxS)
+  v_sum = segment_sums(w * v_BxKxSxDh.astype(jnp.float32), dest_BxKxS)
+  return k_sum, v_sum, segment_sums(mass_BxKxS, dest_BxKxS)
+
+
+def segment_sums(x_BxKxSxF, dest_BxKxS):
+  """sum_j x_j per destination (mass and policy statistics follow their slot into a merge)."""
+  s = dest_BxKxS.shape[-1]
+  fn = lambda x, d: jax.ops.segment_sum(x, d, num_segments=s + 1)[:s]
+  return jax.vmap(jax.vmap(fn))(x_BxKxSxF, dest_BxKxS)
+
+
+def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=()):
+  """One layer: (compacted + merged layer, its new mass, its new extra per-slot sums)."""
+  s = layer.capacity
+  valid_BxKxS = jnp.arange(s)[None, None, :] < layer.length[..., None]
+  mass_BxKxS = jnp.where(valid_BxKxS, mass_BxKxS, 0.0)
+  dest_BxKxS = jnp.where(valid_BxKxS, plan.dest_BxKxS, s)
+  compact = cache_lib.keep(KVCache(layers=(layer,), next_pos=jnp.zeros(layer.k.shape[:1],
+                                                                         jnp.int32)),
+                           (plan.keep_BxKxS,), (plan.n_keep_BxK,)).layers[0]
+  k_sum, v_sum, m_new = merge_sums(layer.k, layer.v, mass_BxKxS, dest_BxKxS)
+  # A destination that received nothing but its own token keeps its exact value (the division
+  # m*x/m can round); only real merges are recomputed as means.
+  own_mass_BxKxS = jnp.take_along_axis(mass_BxKxS, plan.keep_BxKxS, axis=2)
+  merged_BxKxS = (m_new != own_mass_BxKxS) & (jnp.arange(s) < compact.length[..., None])
+  denom = jnp.maximum(m_new, 1e-30)[..., None]
+  k = jnp.where(merged_BxKxS[..., None], (k_sum / denom).astype(layer.k.dtype), compact.k)
+  v = jnp.where(merged_BxKxS[..., None], (v_sum / denom).astype(layer.v.dtype), compact.v)
+  live_BxKxS = jnp.arange(s) < compact.length[..., None]
+  out_mass = jnp.where(live_BxKxS, m_new, 0.0)
+  out_extra = tuple(jnp.where(live_BxKxS, segment_sums(jnp.where(valid_BxKxS, e, 0.0),
+                                                       dest_BxKxS), 0.0) for e in extra)
+  return compact.replace(k=k, v=v), out_mass, out_extra
+
+
+def apply_plans(cache: KVCache, plans: tuple[LayerPlan, ...], mass=None, extra=None):
+  """Applies one plan per layer. ``mass``: per-layer f32[B, K, S] (None: every slot is one
+  token); ``extra``: per-layer tuples of per-slot statistics summed into their destination.
+  Returns (cache, mass, extra)."""
+  n = len(cache.layers)
+  if len(plans) != n:
+    raise ValueError(f"plans: expected one per layer ({n}), got {len(plans)}")
+  mass = tuple(jnp.ones(l.pos.shape, jnp.float32) for l in cache.layers) if mass is None else mass
+  extra = tuple(() for _ in range(n)) if extra is None else extra
+  layers, masses, extras = [], [], []
+  for layer, plan, m, e in zip(cache.layers, plans, mass, extra):
+    nl, nm, ne = apply_layer(layer, plan, m, e)
+    layers.append(nl), masses.append(nm), extras.append(ne)
+  return cache.replace(layers=tuple(layers)), tuple(masses), tuple(extras)
+
+
+@struct.dataclass
+class Result:
+  cache: KVCache
+  mass: tuple  # per layer f32[B, K, S]: original tokens folded into each slot
+  kept_fraction: jax.Array  # f32[]: kept slots / valid slots before, over layers, rows, heads
+  extra: tuple = ()
+
+
+def budget_arrays(budget: Budget, batch: int):
+  a = budget.array
+  return tuple(jnp.broadcast_to(jnp.asarray(a[l]), (batch, a.shape[1])) for l in range(len(a)))
+
+
+def compress(cache: KVCache, policy: Policy, budget: Budget, obs: Observation, *, mass=None,
+             extra=None, decoding: bool = False) -> Result:
+  """Plans every layer with ``policy`` for ``budget`` (after ``policy.allocate``) and applies
+  the plans. Traceable: close over policy and budget (static) under jit. The budget's
+  ``fallback`` notes are host-side: read them from ``policy.allocate(budget, obs)``."""
+  cfg_l, cfg_k = len(cache.layers), cache.layers[0].length.shape[1]
+  budget.check(cfg_l, cfg_k, cache.capacity)
+  budget = policy.allocate(budget, obs)
+  b_arrays = budget_arrays(budget, cache.batch)
+  planner = policy.decode_plan if decoding else policy.plan
+  plans = tuple(planner(layer, obs, l, b_arrays[l]) for l, layer in enumerate(cache.layers))
+  before = sum(jnp.sum(l.length) for l in cache.layers)
+  new, masses, extras = apply_plans(cache, plans, mass, extra)
+  after = sum(jnp.sum(l.length) for l in new.layers)
+  return Result(cache=new, mass=masses, kept_fraction=after / jnp.maximum(before, 1),
+                extra=extras)
+
+
+def resize(cache: KVCache, capacity: int) -> KVCache:
+  """The cache with ``capacity`` slots per (layer, row, head): compressed caches shrink (their
+  valid slots must fit), and a cache can be grown for more decoding. Really frees memory."""
+  if capacity <= 0:
+    raise ValueError(f"capacity: expected > 0, got {capacity}")
+  layers = []
+  for layer in cache.layers:
+    s = layer.capacity
+    if capacity <= s:
+      layers.append(LayerKV(k=layer.k[:, :, :capacity], v=layer.v[:, :, :capacity],
+                            length=jnp.minimum(layer.length, capacity),
+                            pos=layer.pos[:, :, :capacity]))
+    else:
+      pad = [(0, 0), (0, 0), (0, capacity - s)]
+      layers.append(LayerKV(k=jnp.pad(layer.k, pad + [(0, 0)]), v=jnp.pad(layer.v, pad + [(0, 0)]),
+                            length=layer.length,
+                            pos=jnp.pad(layer.pos, pad, constant_values=EMPTY_POS)))
+  return cache.replace(layers=tuple(layers))
+
+
+def resize_slots(x_BxKxS, capacity: int, fill=0.0):
+  s = x_BxKxS.shape[2]
+  if capacity <= s:
+    return x_BxKxS[:, :, :capacity]
+  return jnp.pad(x_BxKxS, [(0, 0), (0, 0), (0, capacity - s)], constant_values=fill)
+
+
+def cache_bytes(cache: KVCache) -> int:
+  return sum(l.k.nbytes + l.v.nbytes + l.pos.nbytes + l.length.nbytes for l in cache.layers)
