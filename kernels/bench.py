@@ -77,13 +77,14 @@ def _cpu_rows() -> list[dict]:
   import jax
   import jax.numpy as jnp
   from jaxtok_kernels import common
-  from jaxtok_kernels.tree_attention import (tree_attention_gpu, tree_attention_reference,
-                                             tree_attention_tpu)
+  from jaxtok_kernels.tree_attention import (GpuConfig, TpuConfig, tree_attention_gpu,
+                                             tree_attention_reference, tree_attention_tpu)
   rows = []
   args = _inputs(2, 5, 4, 2, 40, 16, 0.6, jnp.float32)  # ragged: 24 live slots, block 16
   ref = jax.jit(tree_attention_reference)(*args)
   for name, fn in (("tpu (interpret)", tree_attention_tpu), ("gpu (interpret)", tree_attention_gpu)):
-    err = float(jnp.max(jnp.abs(fn(*args, block_s=16, interpret=True) - ref)))
+    config = (TpuConfig if fn is tree_attention_tpu else GpuConfig)(block_s=16)
+    err = float(jnp.max(jnp.abs(fn(*args, config=config, interpret=True) - ref)))
     rows.append(dict(kernel="tree_attention", case=f"{name} B2 T5 H4/K2 S40 Dh16",
                      dtype="float32", max_err=err, ok=err <= common.tolerance(jnp.float32, 29)))
   return rows

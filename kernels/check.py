@@ -15,6 +15,7 @@ the two plugins were never validated on one path.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -63,7 +64,8 @@ def _compile_all(target_names: list[str], dtypes: list[str]) -> list[dict]:
                  for shape, dt in case.args]
           t0 = time.perf_counter()
           try:
-            compiled = jax.jit(fn).trace(*sds).lower().compile()
+            entry = functools.partial(fn, **dict(case.options))
+            compiled = jax.jit(entry).trace(*sds).lower().compile()
             row = dict(ok=True, memory=_memory(compiled), error="")
           except Exception as e:  # noqa: BLE001 - report every compiler error in the table
             msg = " ".join(str(e).split())[:400]
@@ -114,7 +116,7 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="jaxtok kernels check", description=__doc__.split("\n")[0])
   parser.add_argument("--targets", default="tpu-v5e,tpu-v6e,h100",
                       help="comma list of " + ",".join([*targets.TPU_TOPOLOGIES,
@@ -124,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                       help="folder with the tpu/ and cuda/ side installs")
   parser.add_argument("--json", default=None, help="also write the rows as JSON here")
   parser.add_argument(_WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser_ = parser()
+  args = parser_.parse_args(argv)
   target_names = [t for t in args.targets.split(",") if t]
   dtypes = [d for d in args.dtypes.split(",") if d]
   by_family: dict[str, list[str]] = {}
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
       by_family.setdefault(targets.family(t), []).append(t)
     except ValueError as e:
-      parser.error(str(e))
+      parser_.error(str(e))
 
   if args._worker:
     print(json.dumps({"rows": _compile_all(target_names, dtypes)}))

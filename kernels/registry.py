@@ -16,6 +16,7 @@ import jax.numpy as jnp
 class Case:
   label: str                                   # e.g. "tree B2 T64 H8/K2 S1024 Dh128"
   args: tuple[tuple[tuple[int, ...], str], ...]  # (shape, dtype name) per positional argument
+  options: tuple[tuple[str, object], ...] = ()  # static keyword arguments of the entry point
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,7 @@ def _tree_attention_entry(family: str):
 
 
 # (label, B, T, H, K, S, Dh): decode, tree verification, chunked prefill; GQA groups 1/3/4/8.
+# Every shape also compiles with the softmax residuals (attention statistics) requested.
 _TREE_SHAPES = [
     ("decode", 8, 1, 32, 8, 4096, 128),
     ("decode", 4, 1, 8, 8, 1024, 64),
@@ -46,10 +48,13 @@ def _tree_attention_cases(dtypes: list[str]) -> list[Case]:
   cases = []
   for label, b, t, h, k, s, dh in _TREE_SHAPES:
     for dt in dtypes:
-      # The cache is kv-head-major [B, K, S, Dh], as jaxtok.cache stores it.
-      args = (((b, t, h, dh), dt), ((b, k, s, dh), dt), ((b, k, s, dh), dt), ((b,), "int32"),
+      # The cache is kv-head-major [B, K, S, Dh] with a length per (row, kv head), as
+      # jaxtok.cache stores it.
+      args = (((b, t, h, dh), dt), ((b, k, s, dh), dt), ((b, k, s, dh), dt), ((b, k), "int32"),
               ((b, t, k, dh), dt), ((b, t, k, dh), dt), ((b, t, t), "bool"))
-      cases.append(Case(f"{label} B{b} T{t} H{h}/K{k} S{s} Dh{dh}", args))
+      name = f"{label} B{b} T{t} H{h}/K{k} S{s} Dh{dh}"
+      cases.append(Case(name, args))
+      cases.append(Case(f"{name} +lse", args, (("return_residuals", True),)))
   return cases
 
 

@@ -84,13 +84,22 @@ def _chunked_causal(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, return_lse):
   results = []
   for start in range(0, t, CHUNK_T):
     end = min(start + CHUNK_T, t)
+    q_chunk = _after(results, q_BxTxHxDh[:, start:end])
     # Keys before the chunk act as a fully visible cache of exactly `start` slots (static
     # slices: the work is the causal triangle, not the square).
     results.append(tree_attention_reference(
-        q_BxTxHxDh[:, start:end], k_BxKxTxDh[:, :, :start], v_BxKxTxDh[:, :, :start],
+        q_chunk, k_BxKxTxDh[:, :, :start], v_BxKxTxDh[:, :, :start],
         jnp.full((b, kh), start, jnp.int32), k_BxTxKxDh[:, start:end],
         v_BxTxKxDh[:, start:end], masks.causal(end - start, b), return_residuals=return_lse))
   return _concat_chunks(results, return_lse)
+
+
+def _after(results, x):
+  """``x``, made to depend on the previous chunk's result: chunks then run one after another and
+  reuse one chunk's temporaries (independent chunks were all live at once: O(T^2) again)."""
+  if not results:
+    return x
+  return jax.lax.optimization_barrier((results[-1], x))[1]
 
 
 def cached_attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh, v_cache_BxKxSxDh,
@@ -105,11 +114,13 @@ def cached_attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh, v_c
   b, t = q_BxTxHxDh.shape[:2]
   impl = _kernel_impl(implementation)
   if isinstance(mask, masks.Causal) and t > DENSE_MAX_T:
-    results = [jaxtok_kernels.tree_attention(
-        q_BxTxHxDh[:, s:s + CHUNK_T], k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK + s,
-        k_new_BxTxKxDh[:, s:s + CHUNK_T], v_new_BxTxKxDh[:, s:s + CHUNK_T],
-        masks.causal(min(CHUNK_T, t - s), b), implementation=impl, return_residuals=return_lse)
-        for s in range(0, t, CHUNK_T)]
+    results = []
+    for s in range(0, t, CHUNK_T):
+      results.append(jaxtok_kernels.tree_attention(
+          _after(results, q_BxTxHxDh[:, s:s + CHUNK_T]), k_cache_BxKxSxDh, v_cache_BxKxSxDh,
+          cache_len_BxK + s, k_new_BxTxKxDh[:, s:s + CHUNK_T], v_new_BxTxKxDh[:, s:s + CHUNK_T],
+          masks.causal(min(CHUNK_T, t - s), b), implementation=impl,
+          return_residuals=return_lse))
     return _concat_chunks(results, return_lse)
   return jaxtok_kernels.tree_attention(
       q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK, k_new_BxTxKxDh,

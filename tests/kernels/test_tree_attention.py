@@ -192,22 +192,6 @@ def test_reference_hand_worked_gqa():
   np.testing.assert_allclose(np.asarray(out[0, 0, 1]), 2.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_reference_matches_jaxtok_dense_attention(make_inputs, dtype):
-  """Same numbers as jaxtok's uncached attention over concat(cache, block) with the full mask."""
-  args = make_inputs(b=3, t=6, h=6, k=2, s=23, dh=8, dtype=dtype, seed=8, lens=[0, 9, 23])
-  q, kc, vc, cache_len, kn, vn, mask = args
-  in_cache_BxTxS = jnp.broadcast_to(
-      (jnp.arange(23)[None, :] < cache_len[:, :1])[:, None, :], (3, 6, 23))
-  dense = jaxtok_attention.attention(
-      q, jnp.concatenate([jnp.swapaxes(kc, 1, 2), kn.astype(kc.dtype)], 1),
-      jnp.concatenate([jnp.swapaxes(vc, 1, 2), vn.astype(vc.dtype)], 1),
-      jnp.concatenate([in_cache_BxTxS, jnp.broadcast_to(mask, (3, 6, 6))], -1))
-  np.testing.assert_allclose(np.asarray(tree_attention_reference(*args).astype(jnp.float32)),
-                             np.asarray(dense.astype(jnp.float32)),
-                             atol=1e-6 if dtype == jnp.float32 else 1e-2)
-
-
 def test_model_cached_attention_uses_dispatcher(make_inputs):
   args = make_inputs(b=2, t=3, h=4, k=2, s=11, dh=8, seed=9)
   np.testing.assert_allclose(np.asarray(jax.jit(jaxtok_attention.cached_attention)(*args)),

@@ -40,14 +40,14 @@ def tiny():
   # Non-trivial norm scales so a misplaced norm cannot hide.
   for blk in model.blocks:
     blk.attn_norm.scale[...] = 1 + 0.3 * jax.random.normal(jax.random.key(1), (CFG.d_model,))
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(model, nnx.Param)
   tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, CFG.vocab_size)
-  logits, _ = _FWD(graphdef, params, tokens, default_positions(2, 16))
+  logits = _FWD(graphdef, params, tokens, default_positions(2, 16)).logits
   return params, tokens, np.asarray(logits)
 
 
 def _logits(m, tokens):
-  out, _ = _FWD(m.graphdef, m.params, tokens, default_positions(*tokens.shape))
+  out = _FWD(m.graphdef, m.params, tokens, default_positions(*tokens.shape)).logits
   return np.asarray(out)
 
 

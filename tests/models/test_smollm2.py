@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from jaxtok import decode
-from jaxtok.cache import init_cache
 from jaxtok.models import generate_cli
 from jaxtok.nn.transformer import default_positions, forward
 
@@ -32,7 +31,7 @@ _FWD = jax.jit(forward, static_argnums=0)  # one compile for every [1, 64] forwa
 @pytest.fixture(scope="module")
 def logits_TxV(smollm2, golden):
   ids = jnp.asarray(golden["ids"])[None]
-  logits, _ = _FWD(smollm2.graphdef, smollm2.params, ids, default_positions(1, ids.shape[1]))
+  logits = _FWD(smollm2.graphdef, smollm2.params, ids, default_positions(1, ids.shape[1])).logits
   return np.asarray(logits[0])
 
 
@@ -60,18 +59,19 @@ def test_topk_logits_match_transformers(logits_TxV, golden):
 def test_cached_decoding_equals_full_forward(smollm2, golden, logits_TxV):
   """Prefill 48 tokens, decode 8 greedily through the KV cache; compare with one full forward."""
   g, p, cfg = smollm2.graphdef, smollm2.params, smollm2.cfg
-  prefill, step = generate_cli._compiled(g, cfg, decode.Sampling())  # shared with streaming
+  begin, step = generate_cli._compiled(g, decode.Sampling(), 64, 8)  # the streaming driver
   ids = np.asarray(golden["ids"]).copy()
-  padded = np.zeros((1, 64), np.int32)
+  padded = np.zeros((1, 56), np.int32)
   padded[0, :48] = ids[:48]
-  last, cache = prefill(p, init_cache(cfg, 1, 64), jnp.asarray(padded), jnp.array([48]))
-  np.testing.assert_allclose(np.asarray(last[0]), logits_TxV[47], atol=2e-3, rtol=0)
-  got, key = [], jax.random.key(0)
-  for t in range(48, 56):
-    token, last, cache, key = step(p, cache, last, key)
-    ids[t] = int(token[0])
-    got.append(np.asarray(last[0]))
-  full, _ = _FWD(g, p, jnp.asarray(ids)[None], default_positions(1, 64))
+  state = begin(p, jnp.asarray(padded), jnp.array([48]), jax.random.key(0))
+  np.testing.assert_allclose(np.asarray(state.logits_BxV[0]), logits_TxV[47], atol=2e-3, rtol=0)
+  got = []
+  for i, t in enumerate(range(48, 56)):
+    state = step(p, state)
+    ids[t] = int(state.tokens_BxN[0, i])
+    got.append(np.asarray(state.logits_BxV[0]))
+  np.testing.assert_array_equal(np.asarray(state.cache.next_pos), [56])
+  full = _FWD(g, p, jnp.asarray(ids)[None], default_positions(1, 64)).logits
   np.testing.assert_allclose(np.stack(got), np.asarray(full[0, 48:56]), atol=2e-3, rtol=0)
 
 
