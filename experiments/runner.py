@@ -2,23 +2,34 @@
 
 ``runs/<exp>/<preset>/`` gets ``config.json``, ``metrics.jsonl`` (written by the trainer),
 ``results.json`` (claims beside our numbers, DESIGN.md decision 10) and PNG figures.
+
+One run per directory (issue 15): the config is validated and the directory locked before
+anything is written; a directory holding another run's files is refused unless ``resume``
+(continue that run: its ``config.json`` is the base, ``--set`` may change only run-length and
+cadence fields) or ``overwrite`` (its files are removed first). ``results.json`` exists only for
+a finished run, so resuming a finished run says so and changes nothing.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from jaxtok import config as config_lib
-from jaxtok import runtime
+from jaxtok import rundir, runtime
+from jaxtok.ckpt import CheckpointError, config_mismatch
 from jaxtok_experiments import EXPERIMENTS
+from jaxtok_experiments import report as report_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
+  """One claim beside our measurement. ``reference`` says where ``paper_value`` comes from
+  ("arXiv 2404.08335 Table 2", or "our baseline: ..."); ``unit`` is the values' unit."""
   id: str
   paper: str
   statement: str
@@ -26,6 +37,14 @@ class Claim:
   ours: Any
   criterion: str
   passed: bool
+  unit: str = ""
+  reference: str = ""
+
+
+def claim_dict(c: Claim) -> dict:
+  # The optional fields appear only when set, so results.json keeps its documented keys.
+  d = dataclasses.asdict(c)
+  return {k: v for k, v in d.items() if k not in ("unit", "reference") or v}
 
 
 def load(name: str):
@@ -34,64 +53,139 @@ def load(name: str):
   return importlib.import_module(EXPERIMENTS[name])
 
 
-def make_config(name: str, preset: str, overrides: list[str] | tuple[str, ...] = ()):
+def _check_cross_fields(cfg) -> None:
+  """Checks between sections that no single section can make."""
+  model, data = getattr(cfg, "model", None), getattr(cfg, "data", None)
+  if getattr(model, "positions", None) == "learned" and hasattr(data, "seq_len"):
+    config_lib.require(data.seq_len <= model.max_len, "data.seq_len",
+                       f"<= model.max_len={model.max_len} with model.positions='learned' (the "
+                       "position table's size; raise model.max_len)", data.seq_len)
+
+
+def make_config(name: str, preset: str, overrides: list[str] | tuple[str, ...] = (),
+                base: dict | None = None):
+  """The preset (or ``base``, a saved ``config.json``) with ``overrides``, validated."""
   module = load(name)
   if preset not in module.PRESETS:
     raise ValueError(f"--preset: experiment {name!r} has presets {sorted(module.PRESETS)}, "
                      f"got {preset!r}")
-  return config_lib.apply_overrides(module.PRESETS[preset](), list(overrides))
+  cfg = module.PRESETS[preset]()
+  if base is not None:
+    cfg = config_lib.from_dict(type(cfg), base)
+  cfg = config_lib.apply_overrides(cfg, list(overrides))
+  _check_cross_fields(cfg)
+  return cfg
+
+
+def run_dir(out_root: str | Path, name: str, preset: str) -> Path:
+  return Path(out_root) / name / preset
+
+
+def _write_json(path: Path, obj) -> None:
+  tmp = path.with_name(path.name + ".tmp")  # a kill mid-write never leaves half a file
+  tmp.write_text(json.dumps(obj, indent=2, default=float))
+  os.replace(tmp, path)
+
+
+def _json_form(d: dict) -> dict:
+  return json.loads(json.dumps(d, default=float))
 
 
 def run_experiment(name: str, preset: str = "cpu", overrides: list[str] | tuple[str, ...] = (),
-                   out_root: str | Path = "runs", resume: bool = False) -> dict:
+                   out_root: str | Path = "runs", resume: bool = False,
+                   overwrite: bool = False) -> dict:
+  if resume and overwrite:
+    raise ValueError("--resume and --overwrite: choose one (continue the run, or replace it)")
   module = load(name)
-  cfg = make_config(name, preset, overrides)
-  out_dir = Path(out_root) / name / preset
-  out_dir.mkdir(parents=True, exist_ok=True)
+  out_dir = run_dir(out_root, name, preset)
+  config_path = out_dir / "config.json"
+  saved = None
+  if resume:
+    if not config_path.exists():
+      raise rundir.RunDirError(f"--resume: {out_dir} holds no run to resume (no config.json); "
+                               "start it without --resume")
+    saved = json.loads(config_path.read_text())
+  cfg = make_config(name, preset, overrides, base=saved)  # validated before anything is written
+  current = _json_form(config_lib.to_dict(cfg))
+  if saved is not None:
+    diffs = config_mismatch(saved, current)
+    if diffs:
+      raise CheckpointError(f"--resume {out_dir}: --set may change only run-length and cadence "
+                            "fields; these differ from the run's config.json:\n  " +
+                            "\n  ".join(diffs))
   main = runtime.is_main_process()  # every process computes the same results; one writes them
-  if main:
-    (out_dir / "config.json").write_text(json.dumps(config_lib.to_dict(cfg), indent=2))
-  start = time.time()
-  claims = module.run(cfg, out_dir, resume=resume)
-  results = {"experiment": name, "preset": preset, "seconds": round(time.time() - start, 1),
-             "claims": [dataclasses.asdict(c) for c in claims]}
-  if main:
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+  with rundir.hold(out_dir):
+    existing = rundir.run_files(out_dir)
+    if existing and not (resume or overwrite):
+      raise rundir.RunDirError(
+          f"{out_dir} already holds a run ({', '.join(existing[:4])}"
+          f"{', ...' if len(existing) > 4 else ''}); continue it with --resume, replace it with "
+          "--overwrite, or write elsewhere with --out")
+    results_path = out_dir / "results.json"
+    if resume and results_path.exists() and saved == current:
+      runtime.log(f"resume: {out_dir} already finished for this config; nothing to do "
+                  f"(results in {results_path}; raise train.steps with --set to train further)")
+      return json.loads(results_path.read_text())
+    if overwrite and existing and main:
+      rundir.clear(out_dir)
+      runtime.log(f"--overwrite: removed the previous run in {out_dir}")
+    if main:
+      results_path.unlink(missing_ok=True)  # present only once this config's run has finished
+      _write_json(config_path, current)
+    start = time.time()
+    claims = module.run(cfg, out_dir, resume=resume)
+    seconds = round(time.time() - start, 1)
+    results = {"experiment": name, "preset": preset, "seconds": seconds,
+               "claims": [claim_dict(c) for c in claims],
+               "context": report_lib.run_context(out_dir, seconds, resumed=resume)}
+    if main:
+      _write_json(results_path, results)
   return results
 
 
-def _fmt(x: Any) -> str:
-  if isinstance(x, float):
-    return f"{x:.4g}"
-  return str(x)
-
-
-def write_report(results: list[dict], out_root: str | Path) -> Path:
-  """One markdown table of every claim, then each experiment's figures."""
-  out_root = Path(out_root)
-  lines = ["# jaxtok reproduction report", "",
-           "| experiment | claim | paper | statement | paper value | ours | criterion | passed |",
-           "|---|---|---|---|---|---|---|---|"]
-  for r in results:
-    for c in r["claims"]:
-      lines.append(f"| {r['experiment']} | {c['id']} | {c['paper']} | {c['statement']} | "
-                   f"{_fmt(c['paper_value'])} | {_fmt(c['ours'])} | {c['criterion']} | "
-                   f"{'yes' if c['passed'] else '**no**'} |")
-  lines.append("")
-  for r in results:
-    run_dir = out_root / r["experiment"] / r["preset"]
-    figures = sorted(run_dir.glob("*.png"))
-    if figures:
-      lines.append(f"## {r['experiment']} ({r['preset']}, {r['seconds']} s)")
-      lines += [f"![{f.stem}]({f.relative_to(out_root)})" for f in figures]
-      lines.append("")
-  path = out_root / "report.md"
-  path.write_text("\n".join(lines))
-  return path
+write_report = report_lib.write_report
 
 
 def reproduce(preset: str = "cpu", out_root: str | Path = "runs",
-              only: list[str] | None = None) -> Path:
-  names = only or list(EXPERIMENTS)
-  results = [run_experiment(n, preset, (), out_root) for n in names]
-  return write_report(results, out_root)
+              only: list[str] | None = None, resume: bool = False, overwrite: bool = False,
+              debug: bool = False) -> Path:
+  """Runs every experiment in turn, announcing each, and rewrites ``report.md`` after each one,
+  so a stopped reproduction keeps what finished (continue it with ``resume``). A failing
+  experiment is reported in the table and the others still run; raises at the end if any did."""
+  names = list(only or EXPERIMENTS)
+  for n in names:
+    load(n)
+  busy = [n for n in names if rundir.run_files(run_dir(out_root, n, preset))]
+  if busy and not (resume or overwrite):
+    raise rundir.RunDirError(
+        f"{', '.join(str(run_dir(out_root, n, preset)) for n in busy)} already hold runs; "
+        "continue (finished ones are kept) with --resume, rerun them with --overwrite, or write "
+        "elsewhere with --out")
+  results, failed, t0 = [], [], time.time()
+  path = Path(out_root) / "report.md"
+  for i, n in enumerate(names, 1):
+    budget = getattr(load(n), "BUDGETS", {}).get(preset)
+    runtime.log(f"[{i}/{len(names)}] {n} --preset {preset}"
+                f"{f' (budget {budget} s)' if budget else ''}: running into "
+                f"{run_dir(out_root, n, preset)}")
+    t = time.time()
+    try:
+      r = run_experiment(n, preset, (), out_root, resume=resume and n in busy,
+                         overwrite=overwrite)
+    except Exception as e:  # noqa: BLE001 -- one experiment's failure must not lose the others
+      if debug:
+        raise
+      from jaxtok.ckpt import short_reason
+      r = {"experiment": n, "preset": preset, "seconds": round(time.time() - t, 1),
+           "claims": [], "error": short_reason(e, 300)}
+      failed.append(n)
+    results.append(r)
+    path = write_report(results, out_root)
+    status = (f"failed: {r['error']}" if "error" in r else
+              f"{sum(c['passed'] for c in r['claims'])}/{len(r['claims'])} claims passed")
+    runtime.log(f"[{i}/{len(names)}] {n} done in {time.time() - t:.0f} s, {status}; "
+                f"{time.time() - t0:.0f} s so far; report: {path}")
+  if failed:
+    raise RuntimeError(f"{len(failed)} of {len(names)} experiments failed ({', '.join(failed)});"
+                       f" see {path}")
+  return path

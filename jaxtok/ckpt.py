@@ -3,11 +3,18 @@ iterator's state and the config (DESIGN.md decision 8).
 
 Restore targets carry the *current* mesh's shardings, so a run saved on 8 devices restores onto
 1 (and back). A resume whose config differs in anything but run-length/cadence/mesh fields
-raises and names the fields; a missing or unreadable checkpoint raises ``CheckpointError``.
+raises and names the fields. Restore falls back to the newest intact checkpoint when a newer one
+is unreadable (a save cut short by a crash or a full disk), moves the unreadable one aside to
+``<dir>.corrupt/`` so the resumed run can save that step again, and says which it used. Every
+failure is a one-line ``CheckpointError`` (orbax's own messages carry kilobytes of TensorStore
+spec; only their first line is kept).
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +23,32 @@ import orbax.checkpoint as ocp
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = ("train.steps", "train.log_every", "train.eval_every", "train.ckpt_every",
-                    "train.progress", "mesh.")
+                    "train.ckpt_minutes", "train.progress", "mesh.")
 
 
 class CheckpointError(ValueError):
   """A checkpoint or model file is missing, corrupt, or incompatible with what was asked for."""
+
+
+def short_reason(e: BaseException, limit: int = 160) -> str:
+  """One line for an exception: the OS error if one caused it (e.g. a full disk), else the
+  first line of the message, cut to ``limit`` characters."""
+  seen, cur = set(), e
+  while cur is not None and id(cur) not in seen:
+    seen.add(id(cur))
+    if isinstance(cur, OSError) and cur.errno:
+      where = f": {cur.filename}" if cur.filename else ""
+      return f"{os.strerror(cur.errno)}{where}"
+    cur = cur.__cause__ or cur.__context__
+  text = (str(e).strip().splitlines() or [""])[0]
+  if len(text) > limit:
+    text = text[:limit] + "..."
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _is_disk_full(e: BaseException) -> bool:
+  return "No space left" in short_reason(e) or any(
+      isinstance(c, OSError) and c.errno == errno.ENOSPC for c in (e, e.__cause__, e.__context__))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -51,43 +79,102 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                              create=True))
+    self.restored_step: int | None = None
+    self.skipped: list[tuple[int, str]] = []  # (step, why) of unreadable newer checkpoints
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def _io_error(self, step: int, e: BaseException) -> CheckpointError:
+    intact = [s for s in self.manager.all_steps() if s != step]
+    kept = (f"the checkpoint at step {max(intact)} is intact" if intact else
+            "no earlier checkpoint exists")
+    hint = "free disk space, then" if _is_disk_full(e) else "fix the cause, then"
+    return CheckpointError(f"could not write checkpoint {self.directory}/{step}: "
+                           f"{short_reason(e)}; {kept} ({hint} continue with --resume)")
+
   def save(self, step: int, state, data_state: dict, config: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(config)))
+    latest = self.latest_step()
+    if latest is not None and step <= latest:
+      # orbax would skip it silently, and the run's last steps would be lost.
+      raise CheckpointError(f"{self.directory} already holds step {latest}; refusing to save "
+                            f"step {step} over a newer or equal one")
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state),
+          config=ocp.args.JsonSave(config)))
+    except Exception as e:  # noqa: BLE001 -- orbax raises many types for I/O failures
+      raise self._io_error(step, e) from e
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 -- an async save failed
+      raise self._io_error(self.latest_step() or -1, e) from e
 
-  def restore(self, abstract_state, config: dict, step: int | None = None):
-    """Returns (state, data_state) restored into ``abstract_state``'s shapes and shardings."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"no checkpoint found in {self.directory}")
+  def _restore_one(self, step: int, target, config: dict):
     try:
       saved_config = self.manager.restore(step, args=ocp.args.Composite(
           config=ocp.args.JsonRestore()))["config"]
-    except Exception as e:  # orbax raises many types for unreadable files
-      raise CheckpointError(f"checkpoint {self.directory}/{step} is unreadable: {e}") from e
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"checkpoint {self.directory}/{step} is unreadable: "
+                            f"{short_reason(e)}") from e
     diffs = config_mismatch(saved_config, config)
     if diffs:
-      raise CheckpointError("cannot resume: the config differs from the checkpoint's:\n  " +
-                            "\n  ".join(diffs))
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
+      raise ValueError("cannot resume: the config differs from the checkpoint's:\n  " +
+                       "\n  ".join(diffs))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"checkpoint {self.directory}/{step} could not be restored "
-                            f"(corrupt or written by an incompatible model): {e}") from e
+                            f"(corrupt or written by an incompatible model): "
+                            f"{short_reason(e)}") from e
     return restored["state"], restored["data"]
+
+  def restore(self, abstract_state, config: dict, step: int | None = None):
+    """Returns (state, data_state) restored into ``abstract_state``'s shapes and shardings.
+
+    With ``step=None`` tries the checkpoints newest first; ``restored_step`` and ``skipped``
+    say which one was used and why newer ones were not."""
+    steps = sorted(self.manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
+      raise CheckpointError(f"no checkpoint found in {self.directory}")
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
+    self.skipped, errors = [], []
+    for s in steps:
+      try:
+        out = self._restore_one(s, target, config)
+      except CheckpointError as e:
+        errors.append(e)
+        self.skipped.append((s, str(e)))
+        continue
+      except ValueError as e:  # config mismatch: the same in every checkpoint of the run
+        raise CheckpointError(str(e)) from None
+      self.restored_step = s
+      if self.skipped and jax.process_index() == 0:
+        self._move_aside([b for b, _ in self.skipped])
+      return out
+    if len(errors) == 1:
+      raise errors[0]
+    raise CheckpointError(f"no intact checkpoint in {self.directory}: " +
+                          "; ".join(str(e) for e in errors))
+
+  def _move_aside(self, steps: list[int]) -> None:
+    # Keeps the unreadable files for inspection, and frees the step so the resumed run saves it.
+    self.wait()
+    aside = self.directory.with_name(self.directory.name + ".corrupt")
+    aside.mkdir(exist_ok=True)
+    for s in steps:
+      src = self.directory / str(s)
+      if src.exists():
+        dst = aside / str(s)
+        if dst.exists():
+          shutil.rmtree(dst)
+        src.rename(dst)
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.close()
-

@@ -7,12 +7,37 @@ import numpy as np
 from jaxtok.data.sources import Source
 
 
-def check_token_range(tokens: np.ndarray, vocab_size: int, what: str = "tokens") -> None:
-  """Rejects ids outside [0, vocab_size) before any training step sees them."""
+def check_token_range(tokens, vocab_size: int, what: str = "tokens") -> None:
+  """Rejects ids outside [0, vocab_size) before any step sees them.
+
+  Host-side on purpose: inside ``forward`` an id >= vocab gathers NaN (every logit of the row
+  becomes NaN through attention) and a negative id wraps to the last embedding rows, both
+  silently, and a check inside jit would need ``jax.experimental.checkify`` around every caller.
+  Accepts numpy or concrete jax arrays."""
+  tokens = np.asarray(tokens)
+  if tokens.size == 0:
+    return
+  if not np.issubdtype(tokens.dtype, np.integer):
+    raise ValueError(f"{what}: token ids must be integers, got dtype {tokens.dtype}")
   lo, hi = int(np.min(tokens)), int(np.max(tokens))
   if lo < 0 or hi >= vocab_size:
+    bad = np.argwhere((tokens < 0) | (tokens >= vocab_size))[0].tolist()
     raise ValueError(f"{what}: token ids must be in [0, model.vocab_size={vocab_size}), found "
-                     f"range [{lo}, {hi}]")
+                     f"range [{lo}, {hi}] (first bad id {int(tokens[tuple(bad)])} at index "
+                     f"{tuple(bad)})")
+
+
+def check_batch_ids(batch: dict[str, np.ndarray], vocab_size: int, what: str = "batch", *,
+                    targets: bool = True) -> None:
+  """``check_token_range`` on a batch's ``inputs`` and (where weighted) ``targets``; other keys
+  (custom losses' ids of other vocabularies) are the loss's business."""
+  if "inputs" in batch and np.issubdtype(np.asarray(batch["inputs"]).dtype, np.integer):
+    check_token_range(batch["inputs"], vocab_size, f"{what} inputs")
+  if targets and "targets" in batch:
+    t = np.asarray(batch["targets"])
+    if "weights" in batch:  # unweighted positions may hold any placeholder id
+      t = t[np.asarray(batch["weights"]) != 0]
+    check_token_range(t, vocab_size, f"{what} targets")
 
 
 def to_lm_example(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

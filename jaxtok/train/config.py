@@ -20,7 +20,10 @@ class TrainConfig:
   log_every: int = 10
   eval_every: int = 100
   eval_batches: int = 8
-  ckpt_every: int = 0  # 0: only at the end
+  # Checkpoints: every ckpt_every steps, or with ckpt_every=0 once ckpt_minutes of training have
+  # passed since the last one; always at the end and on SIGTERM (jaxtok.train.loop).
+  ckpt_every: int = 0
+  ckpt_minutes: float = 5.0
   progress: bool = True  # tqdm bar
 
   def __post_init__(self):
@@ -34,4 +37,6 @@ class TrainConfig:
     require(self.clip_norm > 0, "train.clip_norm", "> 0", self.clip_norm)
     for name in ("log_every", "eval_every", "eval_batches"):
       require(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
-    require(self.ckpt_every >= 0, "train.ckpt_every", ">= 0", self.ckpt_every)
+    require(self.ckpt_every >= 0, "train.ckpt_every", ">= 0 (0: every train.ckpt_minutes)",
+            self.ckpt_every)
+    require(self.ckpt_minutes > 0, "train.ckpt_minutes", "> 0", self.ckpt_minutes)

@@ -1,7 +1,12 @@
 """The training loop: sharded init, one compiled step, metrics, evals, checkpoints, resume.
 
 The host dispatches step t before reading step t-1's metrics, so logging never stalls the
-device; a NaN/inf loss raises ``FloatingPointError`` naming the step.
+device; a NaN/inf loss raises ``FloatingPointError`` naming the step. Every batch's token ids
+are checked on the host before the step sees them (``check_batch_ids``). The run directory is
+held for the run's lifetime (``jaxtok.rundir``); checkpoints are saved every
+``train.ckpt_every`` steps (or ``train.ckpt_minutes`` of training), at the end, and on SIGTERM,
+after which ``train`` raises ``Preempted``. After a resume the returned history and evals are
+the whole run's (read back from ``metrics.jsonl``), so figures show every step.
 """
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import dataclasses
 import functools
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -20,9 +27,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from jaxtok import runtime
+from jaxtok import rundir, runtime
 from jaxtok.ckpt import Checkpointer
-from jaxtok.data.pipeline import lm_batches, to_lm_example
+from jaxtok.config import require
+from jaxtok.data.pipeline import check_batch_ids, check_token_range, lm_batches, to_lm_example
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.transformer import init_model
 from jaxtok.sharding import (MeshConfig, batch_sharding, describe_sharding, make_mesh,
@@ -111,22 +119,58 @@ def _check_finite(metrics: dict, step: int) -> dict:
   return host
 
 
+class Preempted(Exception):
+  """Training stopped on SIGTERM after saving a checkpoint at ``step``."""
+
+  def __init__(self, step: int, directory: Path):
+    super().__init__(f"stopped by SIGTERM at step {step}; saved a checkpoint in {directory}; "
+                     f"continue with --resume")
+    self.step, self.directory = step, directory
+
+
+def _read_records(path: Path) -> list[dict]:
+  out = []
+  for line in path.read_text().splitlines() if path.exists() else []:
+    try:
+      out.append(json.loads(line))
+    except ValueError:  # a line cut short by a kill mid-write
+      continue
+  return out
+
+
 class MetricsLog:
   """Append-only metrics.jsonl written by process 0; truncated to the resume step."""
 
   def __init__(self, path: Path, resume_step: int):
     self.path = path
     self.enabled = runtime.is_main_process()
+    self.kept = [r for r in _read_records(path) if r.get("step", 0) <= resume_step] if (
+        resume_step) else []
     if self.enabled:
-      kept = []
-      if resume_step and path.exists():
-        kept = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= resume_step]
-      path.write_text("".join(l + "\n" for l in kept))
+      path.write_text("".join(json.dumps(r) + "\n" for r in self.kept))
 
   def write(self, record: dict) -> None:
     if self.enabled:
       with self.path.open("a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def _agree(flag: bool) -> bool:
+  """True on every process if it is true on any (checkpoint decisions are collective)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _check_shapes(model_cfg: ModelConfig, batch: dict) -> None:
+  if model_cfg.positions != "learned" or "inputs" not in batch:
+    return
+  t = np.asarray(batch["inputs"]).shape[-1]
+  require(t <= model_cfg.max_len, "model.max_len", f">= the batches' sequence length {t} "
+          "(data.seq_len) with model.positions='learned'", model_cfg.max_len)
+  if "positions" in batch:
+    check_token_range(batch["positions"], model_cfg.max_len, "batch positions (model.max_len)")
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, *,
@@ -137,9 +181,19 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
 
   ``loss_fn`` is the step's loss (``jaxtok.train.losses``); ``example_fn`` turns one source
   example into one batch row (default: ``tokens`` -> next-token ``inputs/targets/weights``).
+  ``out_dir`` must be this training's own directory: a fresh run into one that holds
+  checkpoints raises (pass ``resume=True`` to continue it); ``resume=True`` with no checkpoint
+  starts from step 0 and says so.
   """
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  with rundir.hold(out_dir) as held:
+    return _train(model_cfg, train_cfg, mesh_cfg, train_source=train_source,
+                  val_batches=val_batches, batch_size=batch_size, out_dir=held,
+                  config_dict=config_dict, resume=resume, loss_fn=loss_fn,
+                  example_fn=example_fn)
+
+
+def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_size, out_dir,
+           config_dict, resume, loss_fn, example_fn) -> dict:
   s = setup(model_cfg, train_cfg, mesh_cfg, loss_fn=loss_fn)
   shards = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
   if batch_size % shards:
@@ -148,13 +202,42 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
   dataset = lm_batches(train_source, batch_size, seed=train_cfg.seed,
                        process_index=jax.process_index(), process_count=jax.process_count(),
                        example_fn=example_fn)
+  # Host-side id checks: inside jit an id >= vocab turns logits NaN and a negative one wraps.
+  check_targets = loss_fn is next_token_loss
+  check_inputs = model_cfg.embedding == "learned"
+
+  def check(batch: dict, what: str) -> None:
+    _check_shapes(model_cfg, batch)
+    check_batch_ids(batch if check_inputs else {k: v for k, v in batch.items() if k != "inputs"},
+                    model_cfg.vocab_size, what, targets=check_targets)
+
+  check(dataset[0], "train batch 0")
+  for i, b in enumerate(val_batches):
+    check(b, f"validation batch {i}")
   data_iter = iter(dataset.to_iter_dataset())
   ckpt = Checkpointer(out_dir / "checkpoints")
+  latest = ckpt.latest_step()
+  if not resume and latest is not None:
+    raise rundir.RunDirError(f"{ckpt.directory} already holds another run's checkpoints (up to "
+                             f"step {latest}); continue it with --resume (resume=True) or use a "
+                             f"fresh directory (--overwrite replaces it)")
   state = init_state(s, model_cfg, train_cfg.seed)
-  if resume:
+  if resume and latest is None:
+    runtime.log(f"resume: no checkpoint in {ckpt.directory}; training from step 0")
+  elif resume:
     state, data_state = ckpt.restore(state, config_dict)
     data_iter.set_state(data_state)
+    for bad, why in ckpt.skipped:
+      runtime.log(f"resume: skipped checkpoint {bad} ({why}); moved it to "
+                  f"{ckpt.directory.name}.corrupt/")
+    runtime.log(f"resume: restored step {ckpt.restored_step} of {train_cfg.steps} from "
+                f"{ckpt.directory}/{ckpt.restored_step}")
   start = int(state.step)
+  require(start <= train_cfg.steps, "train.steps", f">= the checkpoint's step {start}",
+          train_cfg.steps)
+  if resume and start == train_cfg.steps:
+    runtime.log(f"resume: the run already finished at step {start}; evaluating its final state "
+                f"(raise train.steps to train further)")
   if runtime.is_main_process():
     (out_dir / "sharding.txt").write_text(f"mesh {dict(s.mesh.shape)}\n"
                                           f"{describe_sharding(state.params)}\n")
@@ -163,9 +246,12 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
   log = MetricsLog(out_dir / "metrics.jsonl", start)
   schedule = lr_schedule(train_cfg)
   tokens_per_step = batch_size * int(np.prod(dataset[0]["inputs"].shape[1:]))
-  bar = tqdm(total=train_cfg.steps, initial=start, disable=not (
+  name = f"{out_dir.parent.name}/{out_dir.name}"
+  bar = tqdm(total=train_cfg.steps, initial=start, desc=f"train {name}", disable=not (
       train_cfg.progress and runtime.is_main_process()), unit="step", dynamic_ncols=True)
   history, pending, t_last, evals = [], None, time.perf_counter(), []
+  t_begin = t_ckpt = t_last
+  multi = jax.process_count() > 1
 
   def flush(pending):
     step_no, metrics, dt = pending
@@ -177,31 +263,72 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
       log.write(record)
       bar.set_postfix(loss=f"{host['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
 
-  for step_no in range(start + 1, train_cfg.steps + 1):
-    batch = to_global(next(data_iter), s.batch_sharding)
-    state, metrics = step_fn(state, batch)
+  stop = []  # SIGTERM (the preemption signal of TPU VMs and schedulers): save, then stop
+  previous = None
+  if threading.current_thread() is threading.main_thread():
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+  try:
+    for step_no in range(start + 1, train_cfg.steps + 1):
+      host_batch = next(data_iter)
+      check(host_batch, f"train batch at step {step_no}")
+      state, metrics = step_fn(state, to_global(host_batch, s.batch_sharding))
+      if pending is not None:
+        flush(pending)
+      now = time.perf_counter()
+      pending, t_last = (step_no, metrics, now - t_last), now
+      bar.update(1)
+      if step_no % train_cfg.eval_every == 0 and step_no != train_cfg.steps:
+        ev = evaluate(s, eval_fn, state.params, val_batches)
+        evals.append({"step": step_no, "val_loss": ev["loss"]})
+        log.write({"step": step_no, "val_loss": ev["loss"]})
+      if step_no == train_cfg.steps:
+        break  # the final checkpoint follows the final evaluation
+      # On a pod the decisions are collective, so they are taken at log steps only.
+      sync = not multi or step_no % train_cfg.log_every == 0
+      preempt = sync and _agree(bool(stop))
+      if train_cfg.ckpt_every:
+        due = step_no % train_cfg.ckpt_every == 0
+      else:
+        due = sync and _agree(time.perf_counter() - t_ckpt >= 60 * train_cfg.ckpt_minutes)
+      if due or preempt:
+        ckpt.save(step_no, state, data_iter.get_state(), config_dict)
+        t_ckpt = time.perf_counter()
+      if preempt:
+        flush(pending)
+        bar.close()
+        ckpt.wait()
+        ckpt.close()
+        raise Preempted(step_no, ckpt.directory)
     if pending is not None:
       flush(pending)
-    now = time.perf_counter()
-    pending, t_last = (step_no, metrics, now - t_last), now
-    bar.update(1)
-    if step_no % train_cfg.eval_every == 0 and step_no != train_cfg.steps:
-      ev = evaluate(s, eval_fn, state.params, val_batches)
-      evals.append({"step": step_no, "val_loss": ev["loss"]})
-      log.write({"step": step_no, "val_loss": ev["loss"]})
-    if train_cfg.ckpt_every and step_no % train_cfg.ckpt_every == 0:
-      ckpt.save(step_no, state, data_iter.get_state(), config_dict)
-  if pending is not None:
-    flush(pending)
-  bar.close()
-  final = evaluate(s, eval_fn, state.params, val_batches)
-  evals.append({"step": train_cfg.steps, "val_loss": final["loss"]})
-  log.write({"step": train_cfg.steps, "val_loss": final["loss"]})
-  if ckpt.latest_step() != train_cfg.steps:
-    ckpt.save(train_cfg.steps, state, data_iter.get_state(), config_dict)
-  ckpt.wait()
+    bar.close()
+    final = evaluate(s, eval_fn, state.params, val_batches)
+    finished_before = start == train_cfg.steps and any(
+        r.get("step") == start and "val_loss" in r for r in log.kept)
+    evals.append({"step": train_cfg.steps, "val_loss": final["loss"]})
+    if not finished_before:
+      log.write({"step": train_cfg.steps, "val_loss": final["loss"]})
+    if ckpt.latest_step() != train_cfg.steps:
+      ckpt.save(train_cfg.steps, state, data_iter.get_state(), config_dict)
+    ckpt.wait()
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
   ckpt.close()
+  # The whole run's curve: what earlier sessions logged, then this session's every step.
+  earlier = [r for r in log.kept if "loss" in r]
+  session, history = history, earlier + history
+  evals = [r for r in log.kept if "val_loss" in r and r["step"] < train_cfg.steps] + evals
   # Skip the first steps (compilation) when reporting throughput.
-  steady = [h["tokens_per_s"] for h in history[len(history) // 4:]] or [0.0]
+  src = session or earlier
+  steady = [h["tokens_per_s"] for h in src[len(src) // 4:]] or [0.0]
+  tokens_per_s = float(np.median(steady))
+  if runtime.is_main_process():
+    n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))
+    (out_dir / "train.json").write_text(json.dumps({
+        "params": n_params, "steps": train_cfg.steps, "batch_size": batch_size,
+        "tokens_per_step": tokens_per_step, "tokens": train_cfg.steps * tokens_per_step,
+        "tokens_per_s": tokens_per_s, "resumed_from": start if resume else None,
+        "seconds_this_session": round(time.perf_counter() - t_begin, 1)}, indent=2))
   return {"state": state, "setup": s, "history": history, "evals": evals, "final": final,
-          "tokens_per_s": float(np.median(steady))}
+          "tokens_per_s": tokens_per_s}
