@@ -1,0 +1,229 @@
+"""Inverse permutation learning: the task, the exact causal bound, and the Lemma-1 check.
+
+Alur, Hays, Raghavan, Shah, "The Impossibility of Inverse Permutation Learning in Transformer
+Models" (arXiv 2509.24125). A permutation matrix P (row i is the one-hot e_{sigma(i)}) and the
+permuted string Y_P = P Y are given; the target is the original string Y = P^T Y_P.
+
+Layout (one for every variant, so the variants differ only in the mask): the input is
+``[P; Y_P; 0_m]`` with ``m`` content-free scratch rows (m = 0 for the plain task), T = 2n + m,
+and the answer for row j is read at row ``T - n + j``, i.e. at the last n rows (the Y_P block
+when m = 0, the scratch block when m >= n).
+
+Theorem 1 / Lemma 1: under a causal mask row t of every layer depends on input rows <= t only.
+The read row of Y_j sees the Y_P rows i <= j + m, and Y_j sits at Y_P row sigma^{-1}(j), so it is
+*unrecoverable* when sigma^{-1}(j) > j + m. Its entries are then independent of everything the
+row sees (the rows of Y are i.i.d.), so the best prediction is the prior mean; for
+Bernoulli(1/2) entries each costs 0.25 squared error. For a uniform sigma,
+E[#unrecoverable] = sum_j max(0, n-1-j-m)/n, = (n-1)/2 at m = 0, which gives the exact bound
+0.25 * d * (n-1)/2 (d = n columns: 0.25 n(n-1)/2; n=6: 3.75) on the expected per-example
+squared error of any causal model reading at the Y_P block.
+
+The token version (one symbol of an alphabet of size k per row, jaxtok's transformer) has the
+same structure: per answer token, accuracy <= 1 - u (1 - 1/k) and cross-entropy >= u log k with
+u = E[#unrecoverable]/n; whole-answer exact match <= E[k^{-#unrecoverable}] (computed exactly
+by rook numbers on the Ferrers board of unrecoverable (row, source) cells).
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtok.config import require
+from jaxtok.data.sources import SeededSource
+from jaxtok.nn import masks
+
+Variant = Literal["causal", "unmasked", "prefix", "scratch"]
+
+
+def _check_task(n: int, n_scratch: int) -> None:
+  require(isinstance(n, (int, np.integer)) and n >= 2, "n", "an integer >= 2", n)
+  require(isinstance(n_scratch, (int, np.integer)) and n_scratch >= 0, "n_scratch",
+          "an integer >= 0", n_scratch)
+
+
+def seq_len(n: int, n_scratch: int = 0) -> int:
+  """T = 2n + m rows: [P; Y_P; 0_m]."""
+  _check_task(n, n_scratch)
+  return 2 * n + n_scratch
+
+
+def read_rows(n: int, n_scratch: int = 0) -> np.ndarray:
+  """The rows where the answers Y_0..Y_{n-1} are read: the last n rows, i32[n]."""
+  t = seq_len(n, n_scratch)
+  return np.arange(t - n, t, dtype=np.int32)
+
+
+def sample_perms(rng: np.random.Generator, batch: int, n: int) -> np.ndarray:
+  """Uniform permutations sigma, i32[B, n] (argsort of i.i.d. uniforms)."""
+  return np.argsort(rng.random((batch, n)), axis=1).astype(np.int32)
+
+
+def vector_batch(rng: np.random.Generator, batch: int, n: int, *, n_scratch: int = 0,
+                 d: int | None = None) -> dict[str, np.ndarray]:
+  """The paper's vector task: ``x`` f32[B, T, n] = [P; Y_P; 0_m] (d = n columns, as in the
+  code: Y ~ Bernoulli(1/2)^{n x n}), ``y`` f32[B, n, d] = Y = P^T Y_P, ``perm`` i32[B, n] = sigma,
+  ``read`` i32[B, n] (rows holding the answers)."""
+  _check_task(n, n_scratch)
+  d = n if d is None else d
+  require(d == n, "d", f"= n = {n} (rows of P and of Y_P share the input width)", d)
+  perm_BxN = sample_perms(rng, batch, n)
+  y_BxNxD = rng.integers(0, 2, (batch, n, d)).astype(np.float32)
+  p_BxNxN = np.eye(n, dtype=np.float32)[perm_BxN]  # P[i] = e_{sigma(i)}
+  yp_BxNxD = np.take_along_axis(y_BxNxD, perm_BxN[:, :, None], axis=1)  # Y_P[i] = Y[sigma(i)]
+  x = np.concatenate([p_BxNxN, yp_BxNxD, np.zeros((batch, n_scratch, d), np.float32)], axis=1)
+  read = np.broadcast_to(read_rows(n, n_scratch), (batch, n)).copy()
+  return {"x": x, "y": y_BxNxD, "perm": perm_BxN, "read": read}
+
+
+def bayes_inverse(x_BxTxN: np.ndarray | jax.Array, n: int):
+  """P^T Y_P from the input (the zero-loss answer; the code's ``bayes``)."""
+  p, yp = x_BxTxN[:, :n], x_BxTxN[:, n:2 * n]
+  return jnp.einsum("bij,bik->bjk", p, yp)
+
+
+def token_vocab(n: int, k: int) -> dict[str, int]:
+  """Ids: permutation indices [0, n), string symbols [n, n + k), the scratch token n + k."""
+  require(k >= 2, "k", "an alphabet of >= 2 symbols", k)
+  return {"symbol0": n, "scratch": n + k, "size": n + k + 1}
+
+
+def token_batch(rng: np.random.Generator, batch: int, n: int, k: int, *,
+                n_scratch: int = 0) -> dict[str, np.ndarray]:
+  """Token task for jaxtok's transformer: ``inputs`` i32[B, T] = [sigma(0..n-1); Y_P; SCRATCH^m]
+  with Y a string of n symbols uniform over k; ``targets`` i32[B, T] hold Y_j at the read row
+  of j (zero elsewhere) and ``weights`` f32[B, T] select the n read rows."""
+  _check_task(n, n_scratch)
+  voc = token_vocab(n, k)
+  t = seq_len(n, n_scratch)
+  perm_BxN = sample_perms(rng, batch, n)
+  y_BxN = rng.integers(0, k, (batch, n)).astype(np.int32)
+  yp_BxN = np.take_along_axis(y_BxN, perm_BxN, axis=1)
+  scratch = np.full((batch, n_scratch), voc["scratch"], np.int32)
+  inputs = np.concatenate([perm_BxN, yp_BxN + voc["symbol0"], scratch], axis=1)
+  targets = np.zeros((batch, t), np.int32)
+  targets[:, t - n:] = y_BxN + voc["symbol0"]
+  weights = np.zeros((batch, t), np.float32)
+  weights[:, t - n:] = 1.0
+  return {"inputs": inputs, "targets": targets, "weights": weights, "perm": perm_BxN}
+
+
+def mask_for(variant: Variant, n: int, n_scratch: int, batch: int) -> np.ndarray:
+  """bool[B, T, T] (True = may attend): causal and scratch are causal; unmasked is
+  bidirectional; prefix is bidirectional over the input [P; Y_P] and causal after it."""
+  t = seq_len(n, n_scratch)
+  require(variant in ("causal", "unmasked", "prefix", "scratch"), "variant",
+          "causal | unmasked | prefix | scratch", variant)
+  if variant == "unmasked":
+    return np.asarray(masks.bidirectional(t, batch))
+  if variant == "prefix":
+    return np.asarray(masks.prefix(t, jnp.full((batch,), 2 * n, jnp.int32)))
+  return np.asarray(masks.causal(t, batch))
+
+
+class PermutationSource(SeededSource):
+  """grain source: example i is a pure function of (seed, i). ``kind="vector"`` yields the
+  paper's rows (x, y, perm, read); ``kind="tokens"`` yields (inputs, targets, weights, perm)
+  and, for ``variant="prefix"``, the example's ``mask`` bool[T, T]."""
+
+  def __init__(self, n: int, seed: int, *, kind: Literal["vector", "tokens"] = "vector",
+               n_scratch: int = 0, k: int = 2, variant: Variant = "causal",
+               length: int = 2**31 - 1):
+    super().__init__(seed, length)
+    _check_task(n, n_scratch)
+    require(kind in ("vector", "tokens"), "kind", "vector | tokens", kind)
+    self.n, self.kind, self.n_scratch, self.k, self.variant = n, kind, n_scratch, k, variant
+    mask_for(variant, n, n_scratch, 1)  # validates the variant
+
+  def generate(self, rng):
+    if self.kind == "vector":
+      ex = vector_batch(rng, 1, self.n, n_scratch=self.n_scratch)
+    else:
+      ex = token_batch(rng, 1, self.n, self.k, n_scratch=self.n_scratch)
+    ex = {name: v[0] for name, v in ex.items()}
+    if self.kind == "vector" or self.variant in ("prefix", "unmasked"):
+      ex["mask"] = mask_for(self.variant, self.n, self.n_scratch, 1)[0]
+    return ex
+
+
+# ----------------------------------------------------------------------------- exact bounds
+
+
+def unrecoverable(perm_BxN: np.ndarray, n_scratch: int = 0) -> np.ndarray:
+  """bool[B, n]: answer j cannot depend on Y_j under a causal mask (sigma^{-1}(j) > j + m)."""
+  perm_BxN = np.asarray(perm_BxN)
+  inv_BxN = np.argsort(perm_BxN, axis=1)
+  return inv_BxN > np.arange(perm_BxN.shape[1]) + n_scratch
+
+
+def expected_unrecoverable(n: int, n_scratch: int = 0) -> Fraction:
+  """E[#unrecoverable rows] for a uniform sigma: sum_j P(sigma^{-1}(j) > j + m), exact."""
+  _check_task(n, n_scratch)
+  return sum((Fraction(max(0, n - 1 - j - n_scratch), n) for j in range(n)), Fraction(0))
+
+
+def causal_mse_lower_bound(n: int, *, n_scratch: int = 0, d: int | None = None,
+                           read: Literal["last", "P"] = "last") -> float:
+  """Exact minimum expected per-example squared error of a causal model on the vector task
+  (Bernoulli(1/2) entries cost 0.25 each when unrecoverable). ``read="last"``: answers at the
+  last n rows (the Y_P block when m = 0: 0.25 d (n-1)/2); ``read="P"``: at the P block, which
+  sees no Y_P row at all (0.25 n d)."""
+  d = n if d is None else d
+  require(read in ("last", "P"), "read", "last | P", read)
+  if read == "P":
+    return 0.25 * n * d
+  return 0.25 * d * float(expected_unrecoverable(n, n_scratch))
+
+
+def unrecoverable_distribution(n: int, n_scratch: int = 0) -> list[Fraction]:
+  """P(#unrecoverable = h), h = 0..n, exactly: rook numbers r_k of the Ferrers board of
+  unrecoverable (answer j, source row i > j + m) cells, then inclusion-exclusion
+  N_h = sum_k (-1)^{k-h} C(k, h) r_k (n-k)!."""
+  _check_task(n, n_scratch)
+  # Row j may not use its max(0, n-1-j-m) highest columns: nested sets, so a row with f cells
+  # has f - t free columns after t rooks went into the (smaller, nested) earlier rows.
+  sizes = sorted(max(0, n - 1 - j - n_scratch) for j in range(n))
+  rooks = [1] + [0] * n
+  for f in sizes:
+    for t in range(n - 1, -1, -1):
+      rooks[t + 1] += rooks[t] * max(0, f - t)
+  total = math.factorial(n)
+  return [Fraction(sum((-1) ** (k - h) * math.comb(k, h) * rooks[k] * math.factorial(n - k)
+                       for k in range(h, n + 1)), total) for h in range(n + 1)]
+
+
+def causal_token_bounds(n: int, k: int, n_scratch: int = 0) -> dict[str, float]:
+  """The best any causal model can do on the token task, exactly: per answer token accuracy
+  (max) and cross-entropy (min, nats), and whole-answer exact match (max)."""
+  u = float(expected_unrecoverable(n, n_scratch)) / n
+  dist = unrecoverable_distribution(n, n_scratch)
+  exact = float(sum(p * Fraction(1, k) ** h for h, p in enumerate(dist)))
+  return {"accuracy": 1.0 - u * (1.0 - 1.0 / k), "cross_entropy": u * math.log(k),
+          "exact_match": exact, "unrecoverable_fraction": u}
+
+
+# ----------------------------------------------------------------------------- Lemma 1
+
+
+def perturb_rows_after(key: jax.Array, x, t: int, *, vocab: int | None = None):
+  """A copy of ``x`` ([B, T, ...] floats, or [B, T] token ids with ``vocab``) whose rows > t
+  are redrawn at random; rows <= t are untouched."""
+  require(0 <= t < x.shape[1] - 1, "t", f"in [0, T-1) = [0, {x.shape[1] - 1})", t)
+  after = (jnp.arange(x.shape[1]) > t).reshape((1, -1) + (1,) * (x.ndim - 2))
+  if vocab is not None:
+    new = jax.random.randint(key, x.shape, 0, vocab, dtype=x.dtype)
+  else:
+    new = x + jax.random.normal(key, x.shape, x.dtype)
+  return jnp.where(after, new, x)
+
+
+def lemma1_violation(apply_fn: Callable, x, x_perturbed, t: int) -> float:
+  """max |apply_fn(x)[:, :t+1] - apply_fn(x_perturbed)[:, :t+1]| over every output leaf (each
+  [B, T, ...]); Lemma 1 says it is exactly 0 under a causal mask."""
+  a, b = apply_fn(x), apply_fn(x_perturbed)
+  diffs = jax.tree.map(lambda u, v: jnp.max(jnp.abs(u[:, :t + 1] - v[:, :t + 1])), a, b)
+  return float(max(jax.tree.leaves(diffs)))
