@@ -29,6 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxtok.config import require
@@ -188,14 +189,20 @@ def order_mask(order: GridOrder, batch: int = 1) -> Bool[Array, "B L L"]:
   return masks.steps(jnp.broadcast_to(jnp.asarray(order.step_L), (batch, order.seq_len)))
 
 
+def check_heads(cfg: ModelConfig, order: GridOrder) -> None:
+  """The model has the heads the order reads and N-D RoPE over the grid's axes."""
+  p = order.n_axes
+  if any(h < p - 1 for h in order.heads_used) and len(cfg.extra_heads) < p - 1:
+    raise ValueError(f"model.extra_heads: the {order.kind} order over a {p}-D grid needs "
+                     f"{p - 1} extra heads, the model has {len(cfg.extra_heads)}")
+  if cfg.positions == "rope" and cfg.rope_axes != p:
+    raise ValueError(f"model.rope_axes: a {p}-D grid needs rope_axes={p}, got {cfg.rope_axes}")
+
+
 def head_logits(out, order: GridOrder) -> tuple:
   """Per-axis head logits in axis order (extra heads, then the backbone head); None for heads
   the order never reads."""
   p = order.n_axes
-  need = [h for h in order.heads_used if h < p - 1]
-  if need and len(out.extra_logits) < p - 1:
-    raise ValueError(f"model.extra_heads: the {order.kind} order over a {p}-D grid needs "
-                     f"{p - 1} extra heads, the model has {len(out.extra_logits)}")
   return tuple((out.logits if h == p - 1 else out.extra_logits[h]) if h in order.heads_used
                else None for h in range(p))
 
@@ -225,13 +232,16 @@ def mix_neighbor_logits(heads: tuple, src_NxH: np.ndarray, w_NxH: np.ndarray,
   return total
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "order", "grid_vocab", "head"))
 def grid_logits(graphdef, params, order: GridOrder, tokens_BxL: Int[Array, "B L"],
                 grid_vocab: int, head: int | None = None) -> Float[Array, "B N V"]:
   """Teacher-forced mixed logits of every grid token (one uncached forward of the sequence
-  under the order's mask); logits are restricted to the grid vocabulary."""
+  under the order's mask); logits are restricted to the grid vocabulary. ``head``: use that
+  head alone where neighbours overlap (``mix_weights``)."""
   b, l = tokens_BxL.shape
   if l != order.seq_len:
     raise ValueError(f"tokens_BxL: expected length {order.seq_len} (condition + grid), got {l}")
+  check_heads(nnx.merge(graphdef, params).cfg, order)
   pos_BxLxP = jnp.broadcast_to(jnp.asarray(order.pos_LxP), (b, l, order.n_axes))
   out = forward(graphdef, params, tokens_BxL, pos_BxLxP, order_mask(order, b))
   w_NxH = mix_weights(order.valid_NxH, order.src_NxH, order.n_cond, head)

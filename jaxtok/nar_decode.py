@@ -25,7 +25,7 @@ from jaxtyping import Array, Float, Int
 from jaxtok import cache as cache_lib
 from jaxtok.config import require
 from jaxtok.decode import Sampling, sample
-from jaxtok.nar import GridOrder, head_logits, nar_order
+from jaxtok.nar import GridOrder, check_heads, head_logits, nar_order
 from jaxtok.nn import masks
 from jaxtok.nn.transformer import forward
 
@@ -146,7 +146,9 @@ def generate_grid(graphdef: nnx.GraphDef, params, order: GridOrder, cond_BxC, ke
   ``temperature`` 0 is greedy; ``cfg_scale`` (None: off) guides towards ``cond_BxC`` against
   the ``null_cond`` condition token.
   """
-  vocab = nnx.merge(graphdef, params).cfg.vocab_size
+  cfg = nnx.merge(graphdef, params).cfg
+  check_heads(cfg, order)
+  vocab = cfg.vocab_size
   cond_BxC = _check_cond(order, cond_BxC, vocab)
   require(temperature >= 0, "temperature", ">= 0", temperature)
   require(0 < grid_vocab <= vocab, "grid_vocab", f"in [1, model.vocab_size={vocab}]", grid_vocab)
@@ -176,5 +178,6 @@ def cached_grid_logits(graphdef: nnx.GraphDef, params, order: GridOrder,
   if tokens_BxL.ndim != 2 or tokens_BxL.shape[1] != order.seq_len:
     raise ValueError(f"tokens_BxL: expected shape [batch, {order.seq_len}], got "
                      f"{tokens_BxL.shape}")
+  check_heads(nnx.merge(graphdef, params).cfg, order)
   return _forced_jit(graphdef, params, tokens_BxL[:, :order.n_cond],
                      tokens_BxL[:, order.n_cond:], order=order, grid_vocab=grid_vocab)
