@@ -5,9 +5,13 @@ An experiment module defines ``PRESETS`` (``smoke``/``cpu``/``pod`` -> config fa
 named here and imported lazily, so listing them costs nothing.
 """
 EXPERIMENTS = {
+    "lexinvariant": "jaxtok_experiments.lexinvariant",
     "lm": "jaxtok_experiments.lm",
     "lm-eval": "jaxtok_experiments.lm_eval",
+    "nar": "jaxtok_experiments.nar",
     "markov-tokenization": "jaxtok_experiments.markov_tokenization",
+    "kvcompress": "jaxtok_experiments.kvcompress",
+    "permutation": "jaxtok_experiments.permutation",
 }
 
 BENCHES = {

@@ -10,7 +10,8 @@ names its paper. Typical use (one prefill, many policies)::
 from __future__ import annotations
 
 from jaxtok.kvcompress.adakv import AdaKV
-from jaxtok.kvcompress.apply import Result, apply_plans, cache_bytes, compress, resize
+from jaxtok.kvcompress.apply import (Result, apply_plans, budget_arrays, cache_bytes, compress,
+                                     compress_arrays, resize)
 from jaxtok.kvcompress.base import (Budget, LayerPlan, Observation, Policy, from_ratio, observe,
                                     pyramid, top_plan, uniform)
 from jaxtok.kvcompress.elastic_cache import ElasticCache
@@ -41,5 +42,6 @@ def make(name: str, **fields) -> Policy:
 
 __all__ = ["AdaKV", "Budget", "EMS", "ElasticCache", "Full", "H2O", "KNorm", "LayerPlan",
            "Observation", "POLICIES", "Policy", "PyramidKV", "Random", "Result", "SentenceKV",
+           "budget_arrays", "compress_arrays",
            "SnapKV", "StreamingLLM", "TOVA", "apply_plans", "cache_bytes", "compress",
            "from_ratio", "make", "observe", "pyramid", "resize", "top_plan", "uniform"]

@@ -107,14 +107,21 @@ def budget_arrays(budget: Budget, batch: int):
 def compress(cache: KVCache, policy: Policy, budget: Budget, obs: Observation, *, mass=None,
              extra=None, decoding: bool = False) -> Result:
   """Plans every layer with ``policy`` for ``budget`` (after ``policy.allocate``) and applies
-  the plans. Traceable: close over policy and budget (static) under jit. The budget's
+  the plans. Traceable: close over policy and budget (static) under jit, or allocate on the
+  host and pass the arrays to ``compress_arrays`` (one compile for every budget). The budget's
   ``fallback`` notes are host-side: read them from ``policy.allocate(budget, obs)``."""
-  cfg_l, cfg_k = len(cache.layers), cache.layers[0].length.shape[1]
-  budget.check(cfg_l, cfg_k, cache.capacity)
+  budget.check(len(cache.layers), cache.layers[0].length.shape[1], cache.capacity)
   budget = policy.allocate(budget, obs)
-  b_arrays = budget_arrays(budget, cache.batch)
+  return compress_arrays(cache, policy, budget_arrays(budget, cache.batch), obs, mass=mass,
+                         extra=extra, decoding=decoding)
+
+
+def compress_arrays(cache: KVCache, policy: Policy, budget_per_layer, obs: Observation, *,
+                    mass=None, extra=None, decoding: bool = False) -> Result:
+  """``compress`` with the budget as data: per layer i32[B, K] (already allocated)."""
   planner = policy.decode_plan if decoding else policy.plan
-  plans = tuple(planner(layer, obs, l, b_arrays[l]) for l, layer in enumerate(cache.layers))
+  plans = tuple(planner(layer, obs, l, budget_per_layer[l])
+                for l, layer in enumerate(cache.layers))
   before = sum(jnp.sum(l.length) for l in cache.layers)
   new, masses, extras = apply_plans(cache, plans, mass, extra)
   after = sum(jnp.sum(l.length) for l in new.layers)

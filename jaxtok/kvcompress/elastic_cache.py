@@ -21,8 +21,9 @@ from jaxtok.kvcompress.base import (PROTECT, LayerPlan, Policy, recent_mask, top
                                     valid_slots)
 
 
-def nearest_kept(plan: LayerPlan, pos_BxKxS):
-  """New index of the kept slot whose position is nearest each slot's (ties: the earlier)."""
+def neighbours(plan: LayerPlan, pos_BxKxS):
+  """New indices of the kept slots just before and after each slot's position, and the
+  distances to them."""
   s = pos_BxKxS.shape[-1]
   big = jnp.iinfo(jnp.int32).max // 2
   live = jnp.arange(s)[None, None, :] < plan.n_keep_BxK[..., None]
@@ -32,6 +33,12 @@ def nearest_kept(plan: LayerPlan, pos_BxKxS):
   lo = jnp.maximum(right - 1, 0)
   d_lo = jnp.abs(pos_BxKxS - jnp.take_along_axis(anchor_pos, lo, axis=2))
   d_hi = jnp.abs(jnp.take_along_axis(anchor_pos, hi, axis=2) - pos_BxKxS)
+  return lo, hi, d_lo, d_hi
+
+
+def nearest_kept(plan: LayerPlan, pos_BxKxS):
+  """New index of the kept slot whose position is nearest each slot's (ties: the earlier)."""
+  lo, hi, d_lo, d_hi = neighbours(plan, pos_BxKxS)
   return jnp.where(d_lo <= d_hi, lo, hi)
 
 

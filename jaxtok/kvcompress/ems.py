@@ -8,8 +8,10 @@ Only the abstract was available to us, so this is the reconstruction of kv_and_t
   (removes the causal bias), local L_j = the observation window's mass; each min-max normalised
   per (row, head) over valid slots; S_j = max(G^_j, L^_j). Sinks and the window are protected.
 * Evict-then-merge, head-wise by redundancy (paper: heads differ in sparsity and redundancy).
-  Ours: the top-``budget`` slots by S are class centres; every other slot goes to the centre
-  whose key is most cosine-similar, if that similarity is at least ``merge_threshold``
+  Ours: the top-``budget`` slots by S are class centres; every other slot goes to the more
+  cosine-similar of its two positionally adjacent centres (the one before and the one after
+  it: O(S) per head, where all centres would cost O(S^2)), if that similarity is at least
+  ``merge_threshold``
   (redundant: merged, mass-weighted), else to the zero class (evicted). So how much each head
   merges follows how redundant its keys are, with no per-head switch.
 * Zero class (paper: unifies eviction and merging so heads compress in parallel): the trash
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 
 from jaxtok.config import require
 from jaxtok.kvcompress.base import PROTECT, Policy, recent_mask, top_plan, valid_slots
+from jaxtok.kvcompress.elastic_cache import neighbours
 
 
 def minmax(x_BxKxS, valid_BxKxS):
@@ -57,10 +60,12 @@ class EMS(Policy):
     kn = layer.k.astype(jnp.float32)
     kn = kn / jnp.maximum(jnp.linalg.norm(kn, axis=-1, keepdims=True), 1e-12)
     kept = plan.dest_BxKxS < s
-    sim_BxKxSxS = jnp.einsum("bkid,bkjd->bkij", kn, kn)
-    sim_BxKxSxS = jnp.where(kept[:, :, None, :], sim_BxKxSxS, -jnp.inf)
-    best_BxKxS = jnp.argmax(sim_BxKxSxS, axis=-1)
-    best_sim = jnp.max(sim_BxKxSxS, axis=-1)
-    centre = jnp.take_along_axis(plan.dest_BxKxS, best_BxKxS, axis=2)
+    lo, hi, _, _ = neighbours(plan, layer.pos)
+    centres_BxKxS = jnp.take_along_axis(kn, plan.keep_BxKxS[..., None], axis=2)  # new order
+    sim = lambda idx: jnp.sum(kn * jnp.take_along_axis(centres_BxKxS, idx[..., None], axis=2),
+                              axis=-1)
+    s_lo, s_hi = sim(lo), sim(hi)
+    centre = jnp.where(s_lo >= s_hi, lo, hi)
+    best_sim = jnp.maximum(s_lo, s_hi)
     merge = ~kept & valid_slots(layer) & (best_sim >= self.merge_threshold)
     return plan.replace(dest_BxKxS=jnp.where(kept, plan.dest_BxKxS, jnp.where(merge, centre, s)))

@@ -222,13 +222,14 @@ def test_hand_worked_scores():
 
 def test_ems_evicts_or_merges_by_similarity():
   s = 6
-  k = jnp.array([[1, 0], [0, 1], [1, 0.01], [-1, 0], [0, 1], [1, 1]], jnp.float32)
+  k = jnp.array([[1, 0], [1, 0.01], [-1, 0.2], [0, 1], [0.01, 1], [-1, -1]], jnp.float32)
   layer = _layer(k[None, None], s)
-  sc = jnp.array([[[9, 8, 0, 0, 0, 0]]], jnp.float32)
+  sc = jnp.array([[[9, 0, 0, 8, 0, 0]]], jnp.float32)
   p = kc.EMS(sinks=0, merge_threshold=0.9).plan(layer, _obs(sc, sc, window=0), 0,
                                                   jnp.array([[2]]))
-  # centres 0 and 1; slot 2 ~ key 0, slot 4 = key 1: merged; slots 3 and 5: zero class
-  assert np.asarray(p.dest_BxKxS[0, 0]).tolist() == [0, 1, 0, s, 1, s]
+  # centres: slots 0 and 3. Slot 1 ~ key 0 and slot 4 ~ key 3: merged; slots 2 and 5 resemble
+  # neither adjacent centre: zero class
+  assert np.asarray(p.dest_BxKxS[0, 0]).tolist() == [0, 0, s, 1, 1, s]
 
 
 def test_pyramid_schedule_and_fallback():
