@@ -18,4 +18,5 @@ BENCHES = {
     "train": "jaxtok_experiments.bench_train",
     "kernels": "jaxtok_kernels.bench",
     "decode": "jaxtok_experiments.bench_decode",
+    "kvcompress": "jaxtok_experiments.bench_kvcompress",
 }
