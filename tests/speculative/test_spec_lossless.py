@@ -14,6 +14,7 @@ from jaxtok.decode import Sampling
 from jaxtok.nn import ModelConfig, init_model
 from jaxtok.speculative import (PromptLookup, TokenRecycling, accept_sample, generate, loop,
                                 make_tree)
+from jaxtok.speculative.suffix import SuffixDecoding
 from jaxtok.speculative.tree import DraftTree
 
 V = 37
@@ -77,7 +78,7 @@ def _reference(g, p, prompts, eos_id=EOS):
 
 
 DRAFTERS = {"tr": TokenRecycling(n_nodes=8, k=3), "pld": PromptLookup(n_nodes=6),
-            "adversarial": OracleDrafter()}
+            "suffix": SuffixDecoding(n_nodes=8), "adversarial": OracleDrafter()}
 
 
 @pytest.mark.parametrize("name", sorted(DRAFTERS))
@@ -107,6 +108,18 @@ def test_greedy_speculative_equals_greedy_over_seeds(name):
                      capacity=cap, drafter_state=r.drafter_state, eos_id=EOS)
       np.testing.assert_array_equal(hot.tokens_BxM, ref)
   assert eos_hit > 0  # some row stopped at EOS
+
+
+def test_replaying_requests_raises_suffix_acceptance():
+  g, p = _model(0)
+  prompts = _prompts(0)
+  sd = SuffixDecoding(n_nodes=8)
+  runs = [generate(g, p, prompts, jnp.asarray(LENS), drafter=sd, max_new_tokens=NEW)
+          for _ in range(2)]
+  assert runs[1].acceptance_rate > runs[0].acceptance_rate
+  assert runs[1].mat > runs[0].mat + 0.5
+  assert runs[1].draft_s < runs[1].wall_s
+  np.testing.assert_array_equal(runs[0].tokens_BxM, runs[1].tokens_BxM)
 
 
 def test_cache_after_commit_equals_token_by_token_cache():
