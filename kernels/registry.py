@@ -58,7 +58,27 @@ def _tree_attention_cases(dtypes: list[str]) -> list[Case]:
   return cases
 
 
-KERNELS = [KernelSpec("tree_attention", _tree_attention_entry, _tree_attention_cases)]
+def _kvcompress_merge_entry(family: str):
+  from jaxtok_kernels.kvcompress import merge_slots_gpu, merge_slots_tpu
+  return {"tpu": merge_slots_tpu, "gpu": merge_slots_gpu}[family]
+
+
+# (B, K, S, Dh): compression plans applied to SmolLM2-shaped and larger caches (S ragged too).
+_MERGE_SHAPES = [(1, 3, 8192, 64), (8, 3, 2048, 64), (4, 8, 4096, 128), (2, 2, 1000, 64)]
+
+
+def _kvcompress_merge_cases(dtypes: list[str]) -> list[Case]:
+  cases = []
+  for b, k, s, dh in _MERGE_SHAPES:
+    for dt in dtypes:
+      args = (((b, k, s, dh), dt), ((b, k, s, dh), dt), ((b, k, s), "float32"),
+              ((b, k, s), "int32"))
+      cases.append(Case(f"merge B{b} K{k} S{s} Dh{dh}", args))
+  return cases
+
+
+KERNELS = [KernelSpec("tree_attention", _tree_attention_entry, _tree_attention_cases),
+           KernelSpec("kvcompress_merge", _kvcompress_merge_entry, _kvcompress_merge_cases)]
 
 
 def dtype(name: str):

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Float
 
+from jaxtok_kernels import common as kernel_common
+from jaxtok_kernels.kvcompress import merge_slots
+
 from jaxtok import cache as cache_lib
 from jaxtok.cache import EMPTY_POS, KVCache, LayerKV
 from jaxtok.kvcompress.base import Budget, LayerPlan, Observation, Policy
@@ -36,8 +39,12 @@ def merge_reference(x_BxKxSxDh: Float[Array, "B K S Dh"], mass_BxKxS: Float[Arra
 
 
 def merge_sums(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS):
-  """(sum mass*k, sum mass*v, sum mass) per destination, O(S Dh) per head (segment sums; the
-  one-hot ``merge_reference`` costs O(S^2 Dh))."""
+  """(sum mass*k, sum mass*v, sum mass) per destination. On TPU/GPU the Pallas plan-application
+  kernel (jaxtok_kernels.kvcompress, a blocked one-hot matmul that skips blocks which cannot
+  meet); elsewhere O(S Dh) segment sums (the dense one-hot ``merge_reference`` costs
+  O(S^2 Dh) on a CPU)."""
+  if kernel_common.backend() in ("tpu", "gpu"):
+    return merge_slots(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS)
   w = mass_BxKxS[..., None]
   k_sum = segment_sums(w * k_BxKxSxDh.astype(jnp.float32), dest_BxKxS)
   v_sum = segment_sums(w * v_BxKxSxDh.astype(jnp.float32), dest_BxKxS)
