@@ -1,6 +1,8 @@
 """Lexinvariant LM (arXiv 2305.16349): exact equivariance under vocabulary relabelling, the
 per-sequence table's consistency and independence, the order-free draw, and the memory-lean
 path (generated rows, chunked tied cross-entropy) against the dense one."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,24 @@ def _model(vocab=V):
   return cfg, graphdef, params
 
 
+@functools.cache
+def _shared():
+  """One model and its compiled forward and loss for the module (the tests share shapes, and
+  compilation dominates their runtime)."""
+  cfg, graphdef, params = _model()
+  fwd = jax.jit(lambda x, table: lex.forward_with_table(graphdef, params, x, table)[0])
+  loss = jax.jit(lambda batch, key: lex.lexinvariant_loss(cfg)(graphdef, params, batch, key)[1])
+  return fwd, loss
+
+
+def FWD(x, table):
+  return _shared()[0](x, table)
+
+
+def LOSS(batch, key):
+  return _shared()[1](batch, key)
+
+
 def _batch(seed, vocab=V):
   rng = np.random.default_rng(seed)
   seq = rng.integers(0, vocab, (B, T + 1)).astype(np.int32)
@@ -31,16 +51,14 @@ def _batch(seed, vocab=V):
 
 
 def test_relabelling_with_the_permuted_table_permutes_the_outputs_exactly():
-  _, graphdef, params = _model()
   batch = _batch(0)
   table_BxVxD = jax.random.normal(jax.random.PRNGKey(1), (B, V, D))
   perm_V = jnp.asarray(np.random.default_rng(2).permutation(V))
   assert not np.array_equal(perm_V, np.arange(V))
   # pi(x) embedded with G' where G'[pi(v)] = G[v]: the model sees the same vectors.
   table_p = jnp.zeros_like(table_BxVxD).at[:, perm_V].set(table_BxVxD)
-  fwd = jax.jit(lambda x, table: lex.forward_with_table(graphdef, params, x, table)[0])
-  logits = fwd(batch["inputs"], table_BxVxD)
-  logits_p = fwd(perm_V[batch["inputs"]], table_p)
+  logits = FWD(batch["inputs"], table_BxVxD)
+  logits_p = FWD(perm_V[batch["inputs"]], table_p)
   np.testing.assert_allclose(logits_p[..., perm_V], logits, atol=1e-5, rtol=1e-5)
   nll = cross_entropy(logits, batch["targets"])
   nll_p = cross_entropy(logits_p, perm_V[batch["targets"]])
@@ -52,18 +70,16 @@ def test_relabelling_with_the_permuted_table_permutes_the_outputs_exactly():
 def test_loss_of_a_relabelled_batch_is_the_loss_under_an_equally_distributed_table():
   """loss_fn(pi(batch), key) == nll(batch; table[:, pi]) exactly, and table[:, pi] has the law
   of table: relabelling leaves the loss distribution unchanged."""
-  cfg, graphdef, params = _model()
-  loss_fn = jax.jit(lex.lexinvariant_loss(cfg, scale=1.0), static_argnums=0)
   batch = _batch(3)
   perm_V = jnp.asarray(np.random.default_rng(4).permutation(V))
   relabelled = {**batch, "inputs": perm_V[batch["inputs"]], "targets": perm_V[batch["targets"]]}
   key = jax.random.PRNGKey(5)
-  _, aux_p = loss_fn(graphdef, params, relabelled, key)
+  aux_p = LOSS(relabelled, key)
   tables = lex.sequence_tables(lex.sequence_keys(key, batch["index"]), V, D)
-  logits, _ = lex.forward_with_table(graphdef, params, batch["inputs"], tables[:, perm_V])
+  logits = FWD(batch["inputs"], tables[:, perm_V])
   np.testing.assert_allclose(aux_p.nll_BxT, cross_entropy(logits, batch["targets"]), atol=1e-5,
                              rtol=1e-5)
-  _, aux = loss_fn(graphdef, params, batch, key)
+  aux = LOSS(batch, key)
   assert not np.allclose(aux.nll_BxT, aux_p.nll_BxT, atol=1e-3)  # a different (equal-law) draw
 
 
@@ -85,14 +101,12 @@ def test_same_token_same_vector_within_a_sequence_independent_across_sequences()
 
 
 def test_the_draw_follows_the_example_index_not_the_batch_order():
-  cfg, graphdef, params = _model()
-  loss_fn = jax.jit(lex.lexinvariant_loss(cfg), static_argnums=0)
   batch = _batch(6)
   order = jnp.asarray([2, 0, 1])
   shuffled = {k: v[order] for k, v in batch.items()}
   key = jax.random.PRNGKey(7)
-  _, aux = loss_fn(graphdef, params, batch, key)
-  _, aux_s = loss_fn(graphdef, params, shuffled, key)
+  aux = LOSS(batch, key)
+  aux_s = LOSS(shuffled, key)
   np.testing.assert_allclose(aux_s.nll_BxT, aux.nll_BxT[order], atol=1e-6, rtol=1e-6)
 
 
