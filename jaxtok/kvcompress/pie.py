@@ -63,6 +63,17 @@ def delete(cache: KVCache, start: int, n: int, theta: float) -> KVCache:
   return shift(_select(cache, valid & ~gone), start + n, -n, theta)
 
 
+def splice(cache: KVCache, start: int, n: int) -> KVCache:
+  """The naive baseline: drops positions [start, start + n) but leaves the later keys' rotations
+  (and stored positions) stale; only the position counter moves back by n."""
+  require(n > 0 and start >= 0, "splice", "start >= 0 and n > 0", (start, n))
+  l0 = cache.layers[0]
+  valid = jnp.arange(l0.capacity)[None, None, :] < l0.length[..., None]
+  gone = (l0.pos >= start) & (l0.pos < start + n)
+  out = _select(cache, valid & ~gone)
+  return out.replace(next_pos=out.next_pos - n)
+
+
 def insert(graphdef, params, cache: KVCache, start: int, tokens_BxM, theta: float) -> KVCache:
   """Inserts ``tokens`` at position ``start``: later tokens are re-rotated by +M, and only the
   M new tokens are encoded, attending to the tokens before ``start`` (a compacted view), then
