@@ -12,6 +12,7 @@ EXPERIMENTS = {
     "markov-tokenization": "jaxtok_experiments.markov_tokenization",
     "kvcompress": "jaxtok_experiments.kvcompress",
     "permutation": "jaxtok_experiments.permutation",
+    "speculative": "jaxtok_experiments.speculative",
 }
 
 BENCHES = {
@@ -19,4 +20,5 @@ BENCHES = {
     "kernels": "jaxtok_kernels.bench",
     "decode": "jaxtok_experiments.bench_decode",
     "kvcompress": "jaxtok_experiments.bench_kvcompress",
+    "speculative": "jaxtok_experiments.bench_speculative",
 }

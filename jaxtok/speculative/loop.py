@@ -260,6 +260,16 @@ def _step_jit(graphdef, params, drafter, state, tree, *, max_new_tokens, samplin
               max_new_tokens=max_new_tokens)
 
 
+def _trim(tree: DraftTree, buckets) -> DraftTree:
+  """The tree cut to the smallest bucket size holding every row's valid nodes (host drafters
+  put them first): a short draft then costs a short verify (one compile per bucket)."""
+  if not buckets:
+    return tree
+  need = int(np.asarray(tree.valid_BxN).sum(-1).max())
+  n = min([b for b in buckets if b >= need] or [tree.n_nodes])
+  return jax.tree.map(lambda x: x[:, :n], tree)
+
+
 @dataclasses.dataclass(frozen=True)
 class _HostSide:
   n_nodes: int
@@ -292,7 +302,7 @@ def _generate_host(graphdef, params, drafter, drafter_state, prompt_BxT, prompt_
     if done_B.all():
       break
     t1 = time.perf_counter()
-    tree = drafter.propose_host()
+    tree = _trim(drafter.propose_host(), getattr(drafter, "buckets", None))
     t2 = time.perf_counter()
     state = _step_jit(graphdef, params, dev, state, tree, **statics)
     jax.block_until_ready(state.n_B)
@@ -303,3 +313,25 @@ def _generate_host(graphdef, params, drafter, drafter_state, prompt_BxT, prompt_
   result.drafter_state = drafter_state
   drafter.finish([list(map(int, r[:n])) for r, n in zip(result.tokens_BxM, result.n_B)])
   return result
+
+
+def warm_host(graphdef: nnx.GraphDef, params, drafter, prompt_BxT, prompt_len_B=None, *,
+              max_new_tokens: int, capacity: int, sampling: Sampling = Sampling(),
+              eos_id: int | None = None) -> None:
+  """Compiles a host drafter's start and its step at every bucket size (so timed runs do not
+  compile); leaves the drafter untouched."""
+  prompt_BxT = jnp.asarray(prompt_BxT, jnp.int32)
+  b = prompt_BxT.shape[0]
+  prompt_len_B = (jnp.full((b,), prompt_BxT.shape[1], jnp.int32) if prompt_len_B is None
+                  else jnp.asarray(prompt_len_B, jnp.int32))
+  statics = dict(max_new_tokens=max_new_tokens, sampling=sampling, eos_id=eos_id)
+  dev = _HostSide(n_nodes=drafter.n_nodes)
+  state = _start_jit(graphdef, params, dev, (), prompt_BxT, prompt_len_B, jax.random.key(0),
+                     capacity=capacity, **statics)
+  for n in sorted(set(getattr(drafter, "buckets", None) or ()) | {drafter.n_nodes}):
+    tree = DraftTree(tokens_BxN=jnp.zeros((b, n), jnp.int32),
+                     parent_BxN=jnp.zeros((b, n), jnp.int32),
+                     depth_BxN=jnp.zeros((b, n), jnp.int32).at[:, 1:].set(1),
+                     valid_BxN=jnp.zeros((b, n), bool).at[:, 0].set(True))
+    state = _step_jit(graphdef, params, dev, state, tree, **statics)
+  jax.block_until_ready(state.n_B)

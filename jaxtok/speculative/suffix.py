@@ -144,7 +144,7 @@ class SuffixDecoding:
 
   def __init__(self, n_nodes: int = 16, *, max_depth: int = 24, alpha: float = 1.0,
                beta: float = 0.0, tau: float = 0.1, max_requests: int = 10_000,
-               use_global: bool = True):
+               use_global: bool = True, buckets: tuple[int, ...] | None = None):
     require(n_nodes >= 1, "n_nodes", ">= 1", n_nodes)
     require(0 < tau <= 1, "tau", "in (0, 1]", tau)
     require(alpha > 0, "alpha", "> 0", alpha)
@@ -152,6 +152,10 @@ class SuffixDecoding:
     self.n_nodes, self.max_depth, self.alpha, self.beta, self.tau = (n_nodes, max_depth, alpha,
                                                                       beta, tau)
     self.max_requests, self.use_global = max_requests, use_global
+    # verify-size buckets (None: always n_nodes); on a CPU a short draft should cost a short
+    # verify, since a verify of N nodes costs more than one decode step
+    self.buckets = None if buckets is None else tuple(sorted(set(buckets) | {n_nodes}))
+    require(self.buckets is None or min(self.buckets) >= 1, "buckets", "sizes >= 1", buckets)
     self.global_trie = SuffixTrie(max_depth)
     self._history: list[list[int]] = []  # responses in the global trie, oldest first
     self._requests: list[SuffixTrie] = []
