@@ -5,9 +5,10 @@
 
 One run per directory (issue 15): the config is validated and the directory locked before
 anything is written; a directory holding another run's files is refused unless ``resume``
-(continue that run: its ``config.json`` is the base, ``--set`` may change only run-length and
-cadence fields) or ``overwrite`` (its files are removed first). ``results.json`` exists only for
-a finished run, so resuming a finished run says so and changes nothing.
+(continue that run: its ``config.json`` is the base, except the mesh, which is the preset's
+for this machine; ``--set`` may change only run-length, cadence and mesh fields) or
+``overwrite`` (its files are removed first). ``results.json`` exists only for a finished run,
+so resuming a finished run says so and changes nothing.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import dataclasses
 import importlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,11 @@ def claim_dict(c: Claim) -> dict:
   return {k: v for k, v in d.items() if k not in ("unit", "reference") or v}
 
 
+def _note(msg: str) -> None:
+  if runtime.is_main_process():
+    print(msg, file=sys.stderr, flush=True)
+
+
 def load(name: str):
   if name not in EXPERIMENTS:
     raise ValueError(f"unknown experiment {name!r}; registered: {sorted(EXPERIMENTS)}")
@@ -71,7 +78,9 @@ def make_config(name: str, preset: str, overrides: list[str] | tuple[str, ...] =
                      f"got {preset!r}")
   cfg = module.PRESETS[preset]()
   if base is not None:
-    cfg = config_lib.from_dict(type(cfg), base)
+    preset_cfg, cfg = cfg, config_lib.from_dict(type(cfg), base)
+    if hasattr(cfg, "mesh"):  # the mesh is the machine's (a resume may change device count)
+      cfg = dataclasses.replace(cfg, mesh=preset_cfg.mesh)
   cfg = config_lib.apply_overrides(cfg, list(overrides))
   _check_cross_fields(cfg)
   return cfg
@@ -89,6 +98,11 @@ def _write_json(path: Path, obj) -> None:
 
 def _json_form(d: dict) -> dict:
   return json.loads(json.dumps(d, default=float))
+
+
+def _steps(config: dict):
+  train = config.get("train")
+  return train.get("steps") if isinstance(train, dict) else None
 
 
 def run_experiment(name: str, preset: str = "cpu", overrides: list[str] | tuple[str, ...] = (),
@@ -122,13 +136,13 @@ def run_experiment(name: str, preset: str = "cpu", overrides: list[str] | tuple[
           f"{', ...' if len(existing) > 4 else ''}); continue it with --resume, replace it with "
           "--overwrite, or write elsewhere with --out")
     results_path = out_dir / "results.json"
-    if resume and results_path.exists() and saved == current:
-      runtime.log(f"resume: {out_dir} already finished for this config; nothing to do "
+    if resume and results_path.exists() and _steps(saved) == _steps(current):
+      _note(f"resume: {out_dir} already finished for this config; nothing to do "
                   f"(results in {results_path}; raise train.steps with --set to train further)")
       return json.loads(results_path.read_text())
     if overwrite and existing and main:
       rundir.clear(out_dir)
-      runtime.log(f"--overwrite: removed the previous run in {out_dir}")
+      _note(f"--overwrite: removed the previous run in {out_dir}")
     if main:
       results_path.unlink(missing_ok=True)  # present only once this config's run has finished
       _write_json(config_path, current)
@@ -152,6 +166,7 @@ def reproduce(preset: str = "cpu", out_root: str | Path = "runs",
   """Runs every experiment in turn, announcing each, and rewrites ``report.md`` after each one,
   so a stopped reproduction keeps what finished (continue it with ``resume``). A failing
   experiment is reported in the table and the others still run; raises at the end if any did."""
+  from jaxtok.train.loop import Preempted
   names = list(only or EXPERIMENTS)
   for n in names:
     load(n)
@@ -172,6 +187,8 @@ def reproduce(preset: str = "cpu", out_root: str | Path = "runs",
     try:
       r = run_experiment(n, preset, (), out_root, resume=resume and n in busy,
                          overwrite=overwrite)
+    except Preempted:  # SIGTERM: the run saved its checkpoint; stop, resume later
+      raise
     except Exception as e:  # noqa: BLE001 -- one experiment's failure must not lose the others
       if debug:
         raise

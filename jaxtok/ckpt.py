@@ -80,6 +80,7 @@ class Checkpointer:
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                                              create=True))
     self.restored_step: int | None = None
+    self._saving: int | None = None  # the step of the last save (async: it may still fail)
     self.skipped: list[tuple[int, str]] = []  # (step, why) of unreadable newer checkpoints
 
   def latest_step(self) -> int | None:
@@ -99,6 +100,11 @@ class Checkpointer:
       # orbax would skip it silently, and the run's last steps would be lost.
       raise CheckpointError(f"{self.directory} already holds step {latest}; refusing to save "
                             f"step {step} over a newer or equal one")
+    pending, self._saving = self._saving, step
+    try:  # an earlier async save's failure surfaces here (orbax waits for it anyway)
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._io_error(pending if pending is not None else step, e) from e
     try:
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -111,7 +117,7 @@ class Checkpointer:
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 -- an async save failed
-      raise self._io_error(self.latest_step() or -1, e) from e
+      raise self._io_error(self._saving if self._saving is not None else -1, e) from e
 
   def _restore_one(self, step: int, target, config: dict):
     try:

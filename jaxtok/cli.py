@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     return _delegate(_DELEGATED[argv[0]], argv[1:])
   debug = "--debug" in argv
   args = _parser().parse_args([a for a in argv if a != "--debug"])
+  if not debug:  # orbax logs each failed async save with its traceback; we say it in one line
+    import logging
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
   from jaxtok import runtime
   from jaxtok.train.loop import Preempted
   from jaxtok_experiments import BENCHES, EXPERIMENTS, runner

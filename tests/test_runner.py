@@ -156,9 +156,11 @@ def test_errors_are_one_line_with_a_hint(tmp_path, fake, capsys):
   assert err == ["jaxtok: error: RuntimeError: something broke",
                  "  hint: run again with --debug for the full traceback"]
   assert main(base + ["--overwrite", "--set", "fail=os"]) == 1
-  err = capsys.readouterr().err
-  assert "No space left on device" in err and "continue with --resume" in err
-  assert len(err.splitlines()) == 2
+  err = capsys.readouterr().err.splitlines()
+  assert err[0].startswith("--overwrite: removed the previous run")
+  assert err[1].startswith("jaxtok: error: No space left on device: ") and len(err) == 3
+  assert err[2] == ("  hint: free disk space, then continue with --resume (saved checkpoints "
+                    "are intact)")
   with pytest.raises(RuntimeError, match="something broke"):
     main(base + ["--overwrite", "--set", "fail=bug", "--debug"])
   with pytest.raises(SystemExit):  # argparse: not both

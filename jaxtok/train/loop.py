@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -155,6 +156,12 @@ class MetricsLog:
         f.write(json.dumps(record) + "\n")
 
 
+def _note(msg: str) -> None:
+  """Status on stderr (process 0), beside the progress bar: stdout stays the command's result."""
+  if runtime.is_main_process():
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _agree(flag: bool) -> bool:
   """True on every process if it is true on any (checkpoint decisions are collective)."""
   if jax.process_count() == 1:
@@ -223,20 +230,20 @@ def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_s
                              f"fresh directory (--overwrite replaces it)")
   state = init_state(s, model_cfg, train_cfg.seed)
   if resume and latest is None:
-    runtime.log(f"resume: no checkpoint in {ckpt.directory}; training from step 0")
+    _note(f"resume: no checkpoint in {ckpt.directory}; training from step 0")
   elif resume:
     state, data_state = ckpt.restore(state, config_dict)
     data_iter.set_state(data_state)
     for bad, why in ckpt.skipped:
-      runtime.log(f"resume: skipped checkpoint {bad} ({why}); moved it to "
+      _note(f"resume: skipped checkpoint {bad} ({why}); moved it to "
                   f"{ckpt.directory.name}.corrupt/")
-    runtime.log(f"resume: restored step {ckpt.restored_step} of {train_cfg.steps} from "
+    _note(f"resume: restored step {ckpt.restored_step} of {train_cfg.steps} from "
                 f"{ckpt.directory}/{ckpt.restored_step}")
   start = int(state.step)
   require(start <= train_cfg.steps, "train.steps", f">= the checkpoint's step {start}",
           train_cfg.steps)
   if resume and start == train_cfg.steps:
-    runtime.log(f"resume: the run already finished at step {start}; evaluating its final state "
+    _note(f"resume: the run already finished at step {start}; evaluating its final state "
                 f"(raise train.steps to train further)")
   if runtime.is_main_process():
     (out_dir / "sharding.txt").write_text(f"mesh {dict(s.mesh.shape)}\n"
