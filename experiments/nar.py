@@ -43,22 +43,22 @@ class Config:
   field_n: int = 8
   field_vocab: int = 8
   field_alpha: float = 0.3
-  field_steps: int = 1000
+  field_steps: int = 800
   digit_levels: int = 16
   digit_sizes: tuple[int, ...] = (8,)  # 16: the bilinear 2x upsampled digits
-  digit_steps: int = 1000
+  digit_steps: int = 800
   d_model: int = 64
   n_layers: int = 2
   n_heads: int = 4
-  d_ff: int = 192
-  batch_size: int = 64
+  d_ff: int = 128
+  batch_size: int = 32
   lr: float = 3e-3
   warmup_steps: int = 50
   cond_dropout: float = 0.1
   cfg_scale: float = 2.0
   temperature: float = 1.0
   eval_grids: int = 1024  # held-out field grids
-  sample_batches: int = 3  # batches of `batch_size` class-conditional samples per model
+  sample_batches: int = 6  # batches of `batch_size` class-conditional samples per model
   speed_sizes: tuple[int, ...] = (8, 16)
   speed_batches: tuple[int, ...] = (1, 64)
   speed_repeats: int = 3
@@ -87,8 +87,8 @@ def cpu() -> Config:
 
 def pod() -> Config:
   return Config(field_steps=3000, digit_steps=5000, digit_sizes=(8, 16), d_model=256,
-                n_layers=6, n_heads=8, d_ff=768, lr=1e-3, warmup_steps=200, eval_grids=8192,
-                sample_batches=8, speed_repeats=5)
+                n_layers=6, n_heads=8, d_ff=768, batch_size=64, lr=1e-3, warmup_steps=200,
+                eval_grids=8192, sample_batches=8, speed_repeats=5)
 
 
 PRESETS = {"smoke": smoke, "cpu": cpu, "pod": pod}
@@ -116,17 +116,25 @@ def _model_cfg(cfg: Config, shape, vocab):
                                n_heads=cfg.n_heads, d_ff=cfg.d_ff)
 
 
+@functools.lru_cache(maxsize=None)
+def _step_fn(cfg: Config, order, vocab, grid_vocab, null_cond, steps):
+  """(optimizer, the jitted one train step with the order's loss), compiled once per setting
+  (the field and its control share it)."""
+  tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, steps // 2),
+                     seed=cfg.seed)
+  graphdef = split_params(init_model(_model_cfg(cfg, order.shape, vocab), cfg.seed))[0]
+  tx = make_optimizer(tcfg)
+  loss_fn = nar.grid_loss_fn(order, grid_vocab, cond_dropout=cfg.cond_dropout if null_cond
+                             is not None else 0.0, null_cond=null_cond)
+  return tx, jax.jit(functools.partial(train_step, graphdef, tx, loss_fn), donate_argnums=0)
+
+
 def _train(cfg: Config, order, vocab, grid_vocab, grids_MxN, cond_MxC, steps, out_dir, name,
            null_cond=None):
   """Trains one model through the one train step (``jaxtok.train.step.train_step``) with the
   order's loss; batch t draws rows from a generator seeded by (seed, t)."""
-  tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, steps),
-                     seed=cfg.seed)
   graphdef, params = split_params(init_model(_model_cfg(cfg, order.shape, vocab), cfg.seed))
-  tx = make_optimizer(tcfg)
-  loss_fn = nar.grid_loss_fn(order, grid_vocab, cond_dropout=cfg.cond_dropout if null_cond
-                             is not None else 0.0, null_cond=null_cond)
-  step_fn = jax.jit(functools.partial(train_step, graphdef, tx, loss_fn), donate_argnums=0)
+  tx, step_fn = _step_fn(cfg, order, vocab, grid_vocab, null_cond, steps)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      key=jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1))
   history, pending, t0 = [], [], time.perf_counter()
@@ -147,10 +155,10 @@ def _train(cfg: Config, order, vocab, grid_vocab, grids_MxN, cond_MxC, steps, ou
   return {"graphdef": graphdef, "params": state.params, "history": history, "seconds": seconds}
 
 
-def _nll(out, order, tokens_MxL, grid_vocab, bs, heads=(None,)):
-  """Mean teacher-forced NLL per token (nats) of held-out sequences, for each mixing in
-  ``heads`` (None: mixed; a: that head alone where neighbours overlap), one forward per batch."""
-  gd, params = out["graphdef"], out["params"]
+@functools.lru_cache(maxsize=None)
+def _nll_fn(gd, order, grid_vocab, heads):
+  """Jitted summed NLL of one batch under each mixing in ``heads`` (None: mixed; a: head a
+  alone where neighbours overlap), from one forward."""
   w_list = [jnp.asarray(nar.mix_weights(order.valid_NxH, order.src_NxH, order.n_cond, h))
             for h in heads]
 
@@ -168,10 +176,15 @@ def _nll(out, order, tokens_MxL, grid_vocab, bs, heads=(None,)):
       logp = jax.nn.log_softmax(logits, -1)
       res.append(-jnp.take_along_axis(logp, tok_BxL[:, order.n_cond:, None], -1).sum())
     return jnp.stack(res)
+  return batch_nll
 
+
+def _nll(out, order, tokens_MxL, grid_vocab, bs, heads=(None,)):
+  """Mean teacher-forced NLL per token (nats) of held-out sequences for each mixing."""
+  batch_nll = _nll_fn(out["graphdef"], order, grid_vocab, tuple(heads))
   total, m = np.zeros(len(heads)), len(tokens_MxL) - len(tokens_MxL) % bs  # whole batches
   for i in range(0, m, bs):
-    total += np.asarray(batch_nll(params, jnp.asarray(tokens_MxL[i:i + bs])))
+    total += np.asarray(batch_nll(out["params"], jnp.asarray(tokens_MxL[i:i + bs])))
   return (total / (m * order.n_tokens)).tolist()
 
 
