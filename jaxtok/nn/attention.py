@@ -8,8 +8,10 @@ itself under a block mask. Attention without a cache is the same op with an empt
 * ``cached_attention``: the block against a layer's cache slots ``< length[b, k]`` plus itself.
 * Long causal blocks (prefill, T > ``DENSE_MAX_T``) run in query chunks of ``CHUNK_T``: chunk i
   is "cached attention" whose cache is the part of the block before it, so no [T, T] score array
-  exists (memory O(CHUNK_T * T)); with a cache the kernel streams the earlier chunks from the
-  cache itself (the block is written before it is attended).
+  exists (memory O(CHUNK_T * T)). Without a cache the earlier keys are static slices (the causal
+  triangle of work); with a cache - fresh or not - the block is written first and a ``lax.scan``
+  over chunks lets the kernel stream the earlier chunks from the cache itself (on TPU/GPU the
+  kernel's online softmax never holds more than a block of scores).
 * ``slot_stats``: per kv head and cache slot, the attention probability summed over the block's
   valid queries and the G query heads of the group, and the last valid query's probabilities
   (H2O, TOVA, SnapKV and EMS scores), rebuilt from the softmax residual ``lse``.
@@ -46,6 +48,11 @@ class AttnStats:
   last_BxKxS: Float[Array, "B K S"]  # the last valid query's probabilities
 
 
+def is_long_causal(mask, t: int) -> bool:
+  """A causal block long enough to be attended in chunks (never building [T, T])."""
+  return isinstance(mask, masks.Causal) and t > DENSE_MAX_T
+
+
 def _kernel_impl(implementation: Implementation):
   return None if implementation == "auto" else implementation
 
@@ -62,7 +69,7 @@ def attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_BxTxKxDh: Float[Array, "B 
   """Queries attend to the keys of their own block under ``mask``; with ``return_lse`` also the
   softmax residual lse f32[B, T, H]."""
   b, t = q_BxTxHxDh.shape[:2]
-  if isinstance(mask, masks.Causal) and t > DENSE_MAX_T:
+  if is_long_causal(mask, t):
     return _chunked_causal(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, return_lse)
   k_empty, v_empty, len0_BxK = _no_cache(k_BxTxKxDh)
   return tree_attention_reference(q_BxTxHxDh, k_empty, v_empty, len0_BxK, k_BxTxKxDh,
@@ -113,19 +120,31 @@ def cached_attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh, v_c
   """
   b, t = q_BxTxHxDh.shape[:2]
   impl = _kernel_impl(implementation)
-  if isinstance(mask, masks.Causal) and t > DENSE_MAX_T:
-    results = []
-    for s in range(0, t, CHUNK_T):
-      results.append(jaxtok_kernels.tree_attention(
-          _after(results, q_BxTxHxDh[:, s:s + CHUNK_T]), k_cache_BxKxSxDh, v_cache_BxKxSxDh,
-          cache_len_BxK + s, k_new_BxTxKxDh[:, s:s + CHUNK_T], v_new_BxTxKxDh[:, s:s + CHUNK_T],
-          masks.causal(min(CHUNK_T, t - s), b), implementation=impl,
-          return_residuals=return_lse))
-    return _concat_chunks(results, return_lse)
-  return jaxtok_kernels.tree_attention(
-      q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK, k_new_BxTxKxDh,
-      v_new_BxTxKxDh, masks.as_array(mask, b, t), implementation=impl,
-      return_residuals=return_lse)
+
+  def attend(q, k_new, v_new, cache_len, mask_):
+    return jaxtok_kernels.tree_attention(q, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len, k_new,
+                                         v_new, mask_, implementation=impl,
+                                         return_residuals=return_lse)
+  if not is_long_causal(mask, t):
+    return attend(q_BxTxHxDh, k_new_BxTxKxDh, v_new_BxTxKxDh, cache_len_BxK,
+                  masks.as_array(mask, b, t))
+  # Long causal block: a scan over equal chunks (one compiled chunk, run in sequence), each
+  # seeing the cache up to its own start, then the remainder chunk.
+  n_full = t // CHUNK_T
+
+  def chunk(_, i):
+    take = lambda x: jax.lax.dynamic_slice_in_dim(x, i * CHUNK_T, CHUNK_T, axis=1)  # noqa: E731
+    return None, attend(take(q_BxTxHxDh), take(k_new_BxTxKxDh), take(v_new_BxTxKxDh),
+                        cache_len_BxK + i * CHUNK_T, masks.causal(CHUNK_T, b))
+  _, stacked = jax.lax.scan(chunk, None, jnp.arange(n_full))
+  # [n, B, C, ...] -> [B, n * C, ...]
+  results = [jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(b, n_full * CHUNK_T,
+                                                                   *x.shape[3:]), stacked)]
+  if t % CHUNK_T:
+    s0 = n_full * CHUNK_T
+    results.append(attend(q_BxTxHxDh[:, s0:], k_new_BxTxKxDh[:, s0:], v_new_BxTxKxDh[:, s0:],
+                          cache_len_BxK + s0, masks.causal(t - s0, b)))
+  return _concat_chunks(results, return_lse)
 
 
 def slot_stats(q_BxTxHxDh: Float[Array, "B T H Dh"], k_BxKxSxDh: Float[Array, "B K S Dh"],

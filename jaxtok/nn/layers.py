@@ -87,14 +87,17 @@ class Attention(nnx.Module):
       q_BxTxHxDh = apply_rope(q_BxTxHxDh, angles_BxTxDh2)
       k_BxTxKxDh = apply_rope(k_BxTxKxDh, angles_BxTxDh2)
     written = None
-    if layer is None or fresh_cache:
+    # A fresh cache lets a short block attend to itself alone; a long causal one still goes
+    # through the cache, chunk by chunk (linear memory, the kernel on TPU/GPU).
+    self_only = layer is None or (fresh_cache and not attn_lib.is_long_causal(mask, t))
+    if self_only:
       res = attn_lib.attention(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask, return_lse=return_stats)
     if layer is not None:
       # Write first, then attend over the written arrays, and keep the write one buffer (the
       # barrier): otherwise XLA copies every layer's cache per decode step
       # (tests/test_decode.py checks the compiled loop).
       written = jax.lax.optimization_barrier(write_block(layer, k_BxTxKxDh, v_BxTxKxDh, pos_BxT))
-      if not fresh_cache:
+      if not self_only:
         res = attn_lib.cached_attention(q_BxTxHxDh, written.k, written.v, layer.length,
                                         k_BxTxKxDh, v_BxTxKxDh, mask, return_lse=return_stats,
                                         implementation=self.implementation)
