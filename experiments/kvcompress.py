@@ -82,7 +82,7 @@ PRESETS = {
     "smoke": lambda: Config(model="random-tiny", context_lengths=(480,), trials=2, window=4,
                             require_calibration=False,
                             policies=("streaming_llm", "snapkv", "ems", "elastic_cache"),
-                            keep_ratios=(0.25,), answer_tokens=3, ppl_half=48, ppl_windows=2,
+                            keep_ratios=(0.25,), answer_tokens=3, ppl_half=128, ppl_windows=2,
                             ppl_ratios=(0.5,), pie_edits=2, pie_tokens=4),
     "cpu": lambda: Config(),
     "pod": lambda: Config(context_lengths=(1400, 1200, 1024), trials=50,
@@ -349,7 +349,7 @@ def run_pie(cfg, mcfg, graphdef, params, tok, log):
   deleted = []
   for row in win[:cfg.pie_edits]:
     ids = row[:h]
-    spans = [sp for sp in _line_spans(tok, ids) if h // 4 < sp[0] < 3 * h // 4]
+    spans = [sp for sp in _line_spans(tok, ids) if h // 8 <= sp[0] and sum(sp) < h - 1]
     if not spans:
       continue
     start, n = spans[int(rng.integers(len(spans)))]

@@ -46,28 +46,33 @@ def _first_compress(cache, obs, *, policy, budget, capacity):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "policy", "budget", "every"))
-def _chunk(graphdef, params, cache, acc, mass, logits_BxV, *, policy, budget, every):
-  """``every`` greedy decode steps with statistics, then compaction back to the budget."""
-  def step(carry, _):
+def _chunk(graphdef, params, cache, acc, mass, logits_BxV, forced_BxN=None, *, policy, budget,
+           every):
+  """``every`` decode steps with statistics (greedy, or teacher-forced on ``forced``), then
+  compaction back to the budget. Also returns the NLL of the forced tokens."""
+  def step(carry, forced_B):
     cache, acc, logits_BxV, _ = carry
-    token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    token_B = (jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32) if forced_B is None
+               else forced_B)
+    nll_B = -jnp.take_along_axis(jax.nn.log_softmax(logits_BxV, -1), token_B[:, None], 1)[:, 0]
     out = forward(graphdef, params, token_B[:, None], cache.next_pos[:, None], cache=cache,
                   return_stats=True)
     cache = cache_lib.commit(out.cache, jnp.ones_like(token_B))
     acc = tuple(a + s.sum_BxKxS for a, s in zip(acc, out.stats))
-    return (cache, acc, out.logits[:, 0], out.stats), token_B
+    return (cache, acc, out.logits[:, 0], out.stats), (token_B, nll_B)
 
   b, kh, s = cache.layers[0].pos.shape
   zeros = tuple(AttnStats(jnp.zeros((b, kh, s)), jnp.zeros((b, kh, s))) for _ in cache.layers)
-  (cache, acc, logits_BxV, stats), tokens_NxB = jax.lax.scan(
-      step, (cache, acc, logits_BxV, zeros), None, length=every)
+  xs = None if forced_BxN is None else forced_BxN.T
+  (cache, acc, logits_BxV, stats), (tokens_NxB, nll_NxB) = jax.lax.scan(
+      step, (cache, acc, logits_BxV, zeros), xs, length=every)
   mass = tuple(jnp.where(jnp.arange(s) < l.length[..., None], jnp.maximum(m, 1.0), 0.0)
                for m, l in zip(mass, cache.layers))
   obs = Observation(total=tuple(AttnStats(a, st.last_BxKxS) for a, st in zip(acc, stats)),
                     window=stats, tokens_BxS=None, next_pos_B=cache.next_pos, window_size=1)
   res = compress(cache, policy, budget, obs, mass=mass, extra=tuple((a,) for a in acc),
                  decoding=True)
-  return res.cache, tuple(e[0] for e in res.extra), res.mass, logits_BxV, tokens_NxB.T
+  return res.cache, tuple(e[0] for e in res.extra), res.mass, logits_BxV, tokens_NxB.T, nll_NxB.T
 
 
 def generate(graphdef, params, prompt_BxT, *, policy: Policy, budget_tokens: int,
@@ -94,9 +99,38 @@ def generate(graphdef, params, prompt_BxT, *, policy: Policy, budget_tokens: int
   budget = uniform(cfg.n_layers, cfg.kv_heads, budget_tokens)
   out = []
   for _ in range(-(-max_new_tokens // every)):
-    cache, acc, mass, logits_BxV, toks_BxN = _chunk(graphdef, params, cache, acc, mass,
-                                                    logits_BxV, policy=policy, budget=budget,
-                                                    every=every)
+    cache, acc, mass, logits_BxV, toks_BxN, _ = _chunk(graphdef, params, cache, acc, mass,
+                                                       logits_BxV, policy=policy,
+                                                       budget=budget, every=every)
     out.append(np.asarray(toks_BxN))
   tokens = np.concatenate(out, axis=1)[:, :max_new_tokens]
   return tokens, {"capacity": capacity, "prefill_kept_fraction": float(kept), "cache": cache}
+
+
+def score(graphdef, params, tokens_BxT, prompt_len: int, *, policy: Policy, budget_tokens: int,
+          every: int = 1, window: int = 1) -> float:
+  """Teacher-forced mean NLL of ``tokens[:, prompt_len:]`` with the cache held at the budget
+  while they are read (Elastic Cache's perplexity protocol, arXiv 2407.18121 §4): the prompt
+  is compressed once, then every ``every`` tokens."""
+  cfg = nnx.merge(graphdef, params).cfg
+  tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
+  b, t = tokens_BxT.shape
+  n = t - prompt_len
+  require(0 < prompt_len < t, "prompt_len", f"in (0, {t})", prompt_len)
+  require(n % every == 0, "every", f"a divisor of the scored length {n}", every)
+  require(budget_tokens > 0, "budget_tokens", "> 0", budget_tokens)
+  capacity = max(budget_tokens, prompt_len) + every
+  budget = uniform(cfg.n_layers, cfg.kv_heads, min(budget_tokens, prompt_len))
+  logits_BxV, cache, obs = _prefill(graphdef, params, tokens_BxT[:, :prompt_len], window=window,
+                                    capacity=prompt_len)
+  cache, acc, mass, _ = _first_compress(cache, obs, policy=policy, budget=budget,
+                                        capacity=capacity)
+  budget = uniform(cfg.n_layers, cfg.kv_heads, budget_tokens)
+  total = 0.0
+  for c in range(n // every):
+    forced = tokens_BxT[:, prompt_len + c * every:prompt_len + (c + 1) * every]
+    cache, acc, mass, logits_BxV, _, nll_BxN = _chunk(graphdef, params, cache, acc, mass,
+                                                      logits_BxV, forced, policy=policy,
+                                                      budget=budget, every=every)
+    total += float(jnp.sum(nll_BxN))
+  return total / (b * n)

@@ -92,3 +92,15 @@ def test_pie_delete_and_insert_match_fresh_layer0_keys():
   np.testing.assert_allclose(i.layers[0].k[:, :, order], _layer0_keys(longer, jnp.arange(14)[None]),
                              atol=1e-5)
   assert int(i.next_pos[0]) == 14 and int(i.layers[0].length[0, 0]) == 14
+
+
+def test_teacher_forced_score_with_room_for_everything_equals_the_full_nll():
+  graphdef, params = model()
+  toks = prompt(2, 16, seed=3)
+  logits = forward(graphdef, params, toks, jnp.broadcast_to(jnp.arange(16), (2, 16))).logits
+  logp = jax.nn.log_softmax(logits[:, 7:15], -1)
+  ref = -float(jnp.mean(jnp.take_along_axis(logp, toks[:, 8:, None], -1)))
+  got = decoding.score(graphdef, params, toks, 8, policy=kc.TOVA(), budget_tokens=16, every=4)
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  small = decoding.score(graphdef, params, toks, 8, policy=kc.TOVA(), budget_tokens=4, every=4)
+  assert small != got
