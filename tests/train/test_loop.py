@@ -167,7 +167,7 @@ def ref4(tmp_path_factory):
 
   Checkpointer.save = record
   try:
-    out = _train_tiny(d, SOURCE, steps=4, train_kw={"ckpt_minutes": 1e-9})
+    out = _train_tiny(d, SOURCE, steps=4, train_kw={"ckpt_minutes": 1e-9, "log_every": 1})
   finally:
     Checkpointer.save = real
   return {"dir": d, "out": out, "params": _params(out), "saved": saved}
@@ -234,8 +234,11 @@ def test_a_full_disk_loses_nothing_already_saved(ref4, tmp_path, monkeypatch):
   assert "\n" not in msg and "No space left on device" in msg, msg
   assert "the checkpoint at step 3 is intact" in msg and "--resume" in msg
   monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", real)
-  out = _train_tiny(run, SOURCE, steps=4, resume=True)
+  out = _train_tiny(run, SOURCE, steps=4, resume=True, train_kw={"log_every": 1})
   assert all(np.array_equal(a, b) for a, b in zip(_params(out), ref4["params"]))
+  # The returned curve (what figures are drawn from) is the whole run's, not the resumed part.
+  assert [h["step"] for h in out["history"]] == [1, 2, 3, 4]
+  assert [h["loss"] for h in out["history"]] == [h["loss"] for h in ref4["out"]["history"]]
 
 
 def test_bad_ids_and_positions_fail_on_the_host_before_a_step(tmp_path):
