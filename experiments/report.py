@@ -10,6 +10,7 @@ import datetime
 import functools
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,14 @@ def reference(claim: dict) -> str:
   return f"{paper} (see criterion)"
 
 
+def unit(claim: dict) -> str:
+  """The claim's unit, else one its statement ends with in parentheses ("... (bits/byte)")."""
+  if claim.get("unit"):
+    return claim["unit"]
+  m = re.search(r"\(([^()]*/[^()]*)\)\s*$", str(claim.get("statement", "")))
+  return m.group(1) if m else "—"
+
+
 def _context_cells(r: dict) -> list[str]:
   ctx = r.get("context") or {}
   tr = ctx.get("trainings") or []
@@ -112,8 +121,9 @@ def write_report(results: list[dict], out_root: str | Path) -> Path:
                    "— | **no** |")
     for c in r["claims"]:
       lines.append(f"| {r['experiment']} | {c['id']} | {c['statement']} | {reference(c)} | "
-                   f"{_fmt(c['paper_value'])} | {_fmt(c['ours'])} | {_fmt(c.get('unit'))} | "
-                   f"{c['criterion']} | {'yes' if c['passed'] else '**no**'} |")
+                   f"{_fmt(c['paper_value'])} | {_fmt(c['ours'])} | {unit(c)} | "
+                   f"{c['criterion'].replace('paper_value', 'reference')} | "
+                   f"{'yes' if c['passed'] else '**no**'} |")
   lines += ["", "## Runs", "",
             "| experiment | preset | parameters | steps | tokens | seconds | date (UTC) | commit "
             "| hardware |", "|---|---|---|---|---|---|---|---|---|"]

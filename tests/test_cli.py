@@ -26,6 +26,11 @@ def test_reproduce_writes_a_report(tmp_path):
   results = runner.run_experiment("lm", "smoke", TINY, tmp_path)
   report = runner.write_report([results], tmp_path).read_text()
   assert "| lm | lm-beats-unigram |" in report and "loss_curve" in report
+  row = next(l for l in report.splitlines() if l.startswith("| lm | lm-beats-unigram |"))
+  assert "| our baseline |" in row and "| bits/byte |" in row
+  runs = next(l for l in report.splitlines() if l.startswith("| lm | smoke |"))
+  assert "| 5 |" in runs and results["context"]["commit"] in runs  # steps, commit
+  assert results["context"]["trainings"][0]["params"] > 0
 
 
 def test_bad_cli_input_is_a_clear_error(capsys):
