@@ -1,10 +1,32 @@
 """grain pipelines: shuffle, per-process shard, next-token batches, checkpointable iterators."""
 from __future__ import annotations
 
+import contextlib
+import os
+from typing import Iterator
+
 import grain
 import numpy as np
 
 from jaxtok.data.sources import Source
+
+
+_checkify_ids = os.environ.get("JAXTOK_CHECKIFY_IDS", "") == "1"
+
+
+@contextlib.contextmanager
+def checkify_ids(enabled: bool = True) -> Iterator[None]:
+  """Debug mode: ``check_token_range`` on traced ids stages a ``jax.experimental.checkify``
+  check, so ``jax.jit(checkify.checkify(fn))`` reports out-of-range ids found inside jit.
+  It acts when ``fn`` is traced, so trace a fresh function inside the block (or set
+  ``JAXTOK_CHECKIFY_IDS=1`` before the process starts). Outside it, traced ids are not checked
+  (a staged check would need every caller to be checkified)."""
+  global _checkify_ids
+  before, _checkify_ids = _checkify_ids, enabled
+  try:
+    yield
+  finally:
+    _checkify_ids = before
 
 
 def check_token_range(tokens, vocab_size: int, what: str = "tokens") -> None:
@@ -12,8 +34,17 @@ def check_token_range(tokens, vocab_size: int, what: str = "tokens") -> None:
 
   Host-side on purpose: inside ``forward`` an id >= vocab gathers NaN (every logit of the row
   becomes NaN through attention) and a negative id wraps to the last embedding rows, both
-  silently, and a check inside jit would need ``jax.experimental.checkify`` around every caller.
-  Accepts numpy or concrete jax arrays."""
+  silently. Numpy and concrete jax arrays are checked here and raise ``ValueError``; traced
+  ids are checked only in the ``checkify_ids`` debug mode."""
+  import jax
+  if isinstance(tokens, jax.core.Tracer):
+    if _checkify_ids:
+      import jax.numpy as jnp
+      from jax.experimental import checkify
+      checkify.check(jnp.all((tokens >= 0) & (tokens < vocab_size)),
+                     f"{what}: token ids must be in [0, model.vocab_size={vocab_size}), found "
+                     "range [{lo}, {hi}]", lo=jnp.min(tokens), hi=jnp.max(tokens))
+    return
   tokens = np.asarray(tokens)
   if tokens.size == 0:
     return

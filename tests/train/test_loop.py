@@ -256,3 +256,35 @@ def test_bad_ids_and_positions_fail_on_the_host_before_a_step(tmp_path):
                      r"length 8 \(data.seq_len\) with model.positions='learned'"):
     _train_tiny(tmp_path / "d", SOURCE, model_kw={"positions": "learned", "max_len": 4})
   assert not any((tmp_path / n / "checkpoints").exists() for n in "abcd")
+
+
+def test_ids_inside_jit_default_and_checkify_debug_mode():
+  """Inside jit the gather is silent (id >= V: NaN logits on every position; id < 0: wraps),
+  which is why ids are checked on the host; the checkify debug mode catches them in jit."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from jax.experimental import checkify
+
+  from jaxtok.data import pipeline
+  from jaxtok.nn import forward, init_model
+  cfg = ModelConfig(vocab_size=16, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=8)
+  graphdef, params = nnx.split(init_model(cfg, 0), nnx.Param)
+  fwd = jax.jit(lambda t: forward(graphdef, params, t, jnp.arange(4)[None]).logits)
+  ok = fwd(jnp.array([[1, 2, 3, 15]]))
+  assert np.isnan(np.asarray(fwd(jnp.array([[1, 2, 3, 16]])))).all()  # default: silent NaN
+  np.testing.assert_array_equal(fwd(jnp.array([[1, 2, 3, -1]])), ok)  # default: wraps
+  with pytest.raises(ValueError, match=r"tokens_BxT: token ids must be in \[0, model.vocab_size"
+                     r"=16\), found range \[-1, 3\]"):
+    pipeline.check_token_range(jnp.array([[1, 2, 3, -1]]), 16, "tokens_BxT")  # concrete: host
+
+  def checked(t):
+    pipeline.check_token_range(t, cfg.vocab_size, "tokens_BxT")
+    return t + 1
+
+  jax.jit(checked)(jnp.array([[1, 99]]))  # traced, default mode: no check staged
+  with pipeline.checkify_ids():
+    err, _ = jax.jit(checkify.checkify(checked))(jnp.array([[1, 99]]))
+    ok_err, _ = jax.jit(checkify.checkify(checked))(jnp.array([[1, 15]]))
+  assert ok_err.get() is None
+  with pytest.raises(Exception, match=r"found range \[1, 99\]"):
+    err.throw()
