@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtok import lexinvariant as lex
-from jaxtok import lexinvariant_bayes as bayes
 from jaxtok.config import require, to_dict
 from jaxtok.data import stdlib
 from jaxtok.data.pipeline import fixed_batches
@@ -81,8 +80,8 @@ class Config:
   progress: bool = False
 
   def __post_init__(self):
-    require(2 <= self.markov_vocab <= bayes.MAX_VOCAB, "markov_vocab",
-            f"in [2, {bayes.MAX_VOCAB}] (exact Bayes enumerates V! relabellings)",
+    require(2 <= self.markov_vocab <= lex.BAYES_MAX_VOCAB, "markov_vocab",
+            f"in [2, {lex.BAYES_MAX_VOCAB}] (exact Bayes enumerates V! relabellings)",
             self.markov_vocab)
     require(self.table_scale > 0, "table_scale", "> 0", self.table_scale)
     require(self.probe_train_seqs > 0 and self.probe_test_seqs > 0, "probe_*_seqs",
@@ -198,9 +197,9 @@ def _decipher(cfg: Config, pair: dict, chain: MarkovChainSource) -> dict:
     pred = ridge_probe(feats[:n_tr].reshape(n_tr * t, -1), x_NxT[:n_tr].reshape(-1),
                        feats[n_tr:].reshape(n_te * t, -1), cfg.markov_vocab, cfg.probe_ridge)
     out[name] = (pred.reshape(n_te, t) == x_NxT[n_tr:]).mean(0)
-  _, post = bayes.bayes_lexinvariant_markov(chain.transition_VxV, np.full(cfg.markov_vocab,
+  _, post = lex.bayes_lexinvariant_markov(chain.transition_VxV, np.full(cfg.markov_vocab,
                                             1 / cfg.markov_vocab), y_NxT1[n_tr:])
-  out["bayes_map"] = np.asarray(bayes.map_accuracy(post, x_NxT[n_tr:]))
+  out["bayes_map"] = np.asarray(lex.map_accuracy(post, x_NxT[n_tr:]))
   return out
 
 
@@ -232,9 +231,9 @@ def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
   markov = _train_pair(cfg, cfg.markov, v, chain, mk(2), out_dir / "markov", resume)
   seqs = np.concatenate([np.concatenate([b["inputs"], b["targets"][:, -1:]], 1)
                          for b in markov["val"]])
-  bayes_nll, _ = bayes.bayes_lexinvariant_markov(chain.transition_VxV, np.full(v, 1 / v), seqs)
+  bayes_nll, _ = lex.bayes_lexinvariant_markov(chain.transition_VxV, np.full(v, 1 / v), seqs)
   bayes_T = np.asarray(bayes_nll).mean(0)
-  known_T = np.asarray(bayes.known_cipher_nll(chain.transition_VxV, seqs)).mean(0)
+  known_T = np.asarray(lex.known_cipher_nll(chain.transition_VxV, seqs)).mean(0)
   std_T, lex_T = markov["standard"]["loss_per_position"], markov["lexinvariant"]["loss_per_position"]
   early, late = _windows(tm)
   gap_T = lex_T - std_T
