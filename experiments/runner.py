@@ -180,8 +180,12 @@ def reproduce(preset: str = "cpu", out_root: str | Path = "runs",
   path = Path(out_root) / "report.md"
   for i, n in enumerate(names, 1):
     budget = getattr(load(n), "BUDGETS", {}).get(preset)
-    runtime.log(f"[{i}/{len(names)}] {n} --preset {preset}"
-                f"{f' (budget {budget} s)' if budget else ''}: running into "
+    last = run_dir(out_root, n, preset) / "results.json"
+    if budget:
+      budget = f" (budget {budget} s)"
+    elif last.exists():  # a finished run's time is the best estimate there is
+      budget = f" (last run {json.loads(last.read_text()).get('seconds', '?')} s)"
+    runtime.log(f"[{i}/{len(names)}] {n} --preset {preset}{budget or ''}: running into "
                 f"{run_dir(out_root, n, preset)}")
     t = time.time()
     try:

@@ -98,6 +98,14 @@ def is_held(directory: str | Path) -> bool:
   return any(d == Path(k) or Path(k) in d.parents for k in _held)
 
 
+def label(directory: str | Path) -> str:
+  """A short name for progress bars: ``exp/preset[/sub]`` from the outermost held directory."""
+  d = Path(directory).absolute()
+  roots = [Path(k) for k in _held if d == Path(k) or Path(k) in d.parents]
+  root = min(roots, key=lambda r: len(r.parts)) if roots else d
+  return "/".join([root.parent.name, root.name, *d.relative_to(root).parts])
+
+
 def clear(directory: str | Path) -> list[str]:
   """Removes every entry but the lock file; the caller must hold the directory."""
   d = Path(directory)

@@ -253,9 +253,9 @@ def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_s
   log = MetricsLog(out_dir / "metrics.jsonl", start)
   schedule = lr_schedule(train_cfg)
   tokens_per_step = batch_size * int(np.prod(dataset[0]["inputs"].shape[1:]))
-  name = f"{out_dir.parent.name}/{out_dir.name}"
-  bar = tqdm(total=train_cfg.steps, initial=start, desc=f"train {name}", disable=not (
-      train_cfg.progress and runtime.is_main_process()), unit="step", dynamic_ncols=True)
+  bar = tqdm(total=train_cfg.steps, initial=start, desc=f"train {rundir.label(out_dir)}",
+             disable=not (train_cfg.progress and runtime.is_main_process()), unit="step",
+             dynamic_ncols=True)
   history, pending, t_last, evals = [], None, time.perf_counter(), []
   t_begin = t_ckpt = t_last
   multi = jax.process_count() > 1
