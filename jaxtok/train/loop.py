@@ -236,15 +236,15 @@ def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_s
     data_iter.set_state(data_state)
     for bad, why in ckpt.skipped:
       _note(f"resume: skipped checkpoint {bad} ({why}); moved it to "
-                  f"{ckpt.directory.name}.corrupt/")
+            f"{ckpt.directory.name}.corrupt/")
     _note(f"resume: restored step {ckpt.restored_step} of {train_cfg.steps} from "
-                f"{ckpt.directory}/{ckpt.restored_step}")
+          f"{ckpt.directory}/{ckpt.restored_step}")
   start = int(state.step)
   require(start <= train_cfg.steps, "train.steps", f">= the checkpoint's step {start}",
           train_cfg.steps)
   if resume and start == train_cfg.steps:
     _note(f"resume: the run already finished at step {start}; evaluating its final state "
-                f"(raise train.steps to train further)")
+          "(raise train.steps to train further)")
   if runtime.is_main_process():
     (out_dir / "sharding.txt").write_text(f"mesh {dict(s.mesh.shape)}\n"
                                           f"{describe_sharding(state.params)}\n")
