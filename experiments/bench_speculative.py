@@ -12,6 +12,7 @@ speed-ups are side by side (DESIGN.md decision 11).
 
   jaxtok bench speculative --smoke          # a tiny random model, seconds
   jaxtok bench speculative                  # SmolLM2-135M, the experiment's cpu preset
+  jaxtok bench speculative --tr-sweep 4,16  # plus Token Recycling at N = 4 and 16 (code)
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--smoke", action="store_true", help="the experiment's smoke preset")
   p.add_argument("--model", default=None, help="override the preset's model")
   p.add_argument("--new-tokens", type=int, default=None)
+  p.add_argument("--tr-sweep", default=None,
+                 help="comma-separated extra Token Recycling sizes N, on the code workload")
   p.add_argument("--torch-python", default=None)
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--out", default="bench_speculative.json")
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(cfg, model=args.model)
   if args.new_tokens:
     cfg = dataclasses.replace(cfg, new_tokens=args.new_tokens)
+  if args.tr_sweep:
+    cfg = dataclasses.replace(cfg, tr_ablate_nodes=tuple(int(n) for n in
+                                                         args.tr_sweep.split(",")))
   print(f"speculative bench: {cfg.model}, {cfg.new_tokens} new tokens", file=sys.stderr)
   rows, meta = exp.measure(cfg, log=lambda s: print(s, file=sys.stderr))
   keys = ("drafter", "workload", "tree_nodes", "mat", "acceptance_rate", "tokens_per_s",

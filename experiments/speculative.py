@@ -25,6 +25,7 @@ from jaxtok import decode
 from jaxtok.config import require
 from jaxtok.nn import ModelConfig, init_model
 from jaxtok.speculative import PromptLookup, TokenRecycling, generate, loop, workloads
+from jaxtok.speculative.lookup import HostPromptLookup
 from jaxtok.speculative.suffix import SuffixDecoding
 from jaxtok_experiments.runner import Claim
 
@@ -35,15 +36,18 @@ TR_PAPER, SD_PAPER = "arXiv 2408.08696", "arXiv 2411.04975"
 class Config:
   model: str = "smollm2-135m"  # "tiny": a random byte-level model (smoke)
   n_code: int = 2
-  n_agentic: int = 3
+  n_agentic: int = 4
   n_chat: int = 1
   new_tokens: int = 64
   tr_nodes: int = 8  # Token Recycling tree (template) size, root included
   tr_k: int = 8
-  tr_ablate_nodes: tuple[int, ...] = (4,)  # extra TR sizes, on the code workload
+  tr_ablate_nodes: tuple[int, ...] = ()  # extra TR sizes, on the code workload
   pld_nodes: int = 8
-  suffix_nodes: int = 16
-  suffix_buckets: tuple[int, ...] = (4,)  # smaller verify sizes for short suffix drafts
+  # prompt lookup on the host: with pld_nodes == suffix_nodes and the same buckets it shares
+  # SuffixDecoding's compiled step (each compile of SmolLM2's step costs about a minute here)
+  pld_host: bool = True
+  suffix_nodes: int = 8
+  suffix_buckets: tuple[int, ...] = ()  # smaller verify sizes for short host drafts
   suffix_alphas: tuple[float, ...] = (1.0, 4.0)  # ablation on the agentic workload
   suffix_taus: tuple[float, ...] = (0.1,)
   seed: int = 0
@@ -58,8 +62,7 @@ class Config:
 
 def smoke() -> Config:
   return Config(model="tiny", n_code=1, n_agentic=2, n_chat=1, new_tokens=12, tr_nodes=4,
-                tr_k=4, tr_ablate_nodes=(), pld_nodes=4, suffix_nodes=4, suffix_buckets=(),
-                suffix_alphas=(1.0,))
+                tr_k=4, pld_nodes=4, suffix_nodes=4, suffix_alphas=(1.0,))
 
 
 def cpu() -> Config:
@@ -68,7 +71,8 @@ def cpu() -> Config:
 
 def pod() -> Config:
   return Config(n_code=20, n_agentic=40, n_chat=20, new_tokens=128, tr_nodes=80,
-                tr_ablate_nodes=(16, 32), suffix_nodes=32, suffix_buckets=(8, 16),
+                tr_ablate_nodes=(8, 16, 32), pld_nodes=32, suffix_nodes=32,
+                suffix_buckets=(8, 16),
                 suffix_alphas=(1.0, 2.0, 4.0), suffix_taus=(0.05, 0.1, 0.3))
 
 
@@ -129,16 +133,20 @@ class Bench:
       self.spec(ids, drafter)
 
 
-def run_drafter(bench: Bench, name: str, make, reqs: list[list[int]], greedy: list, *,
-                hot: bool) -> dict:
+def run_drafter(bench: Bench, name: str, make, reqs: list[list[int]], *, hot: bool) -> dict:
   """One drafter over a workload's requests in order; ``make()`` gives a fresh drafter; ``hot``
   carries Token Recycling's state across requests (a suffix drafter's global trie always
-  persists within the workload)."""
+  persists within the workload). Each request's greedy run is timed right before its
+  speculative run (the machine's load drifts; adjacent runs see the same load)."""
   drafter = make()
   state = None
   tot = dict(steps=0, accepted=0, drafted=0, tokens=0, wall=0.0, draft=0.0, verify=0.0)
   lossless = True
-  for ids, (ref, _) in zip(reqs, greedy):
+  g_tokens = g_wall = 0
+  for ids in reqs:
+    ref, g_s = bench.greedy(ids)
+    g_tokens += len(ref)
+    g_wall += g_s
     r = bench.spec(ids, drafter, state)
     if hot:
       state = r.drafter_state
@@ -151,8 +159,6 @@ def run_drafter(bench: Bench, name: str, make, reqs: list[list[int]], greedy: li
     tot["wall"] += r.wall_s
     tot["draft"] += r.draft_s or 0.0
     tot["verify"] += r.verify_s or 0.0
-  g_tokens = sum(len(o) for o, _ in greedy)
-  g_wall = sum(t for _, t in greedy)
   tps = tot["tokens"] / tot["wall"]
   return {"drafter": name, "tree_nodes": drafter.n_nodes,
           "mat": (tot["accepted"] + tot["steps"]) / max(tot["steps"], 1),
@@ -172,13 +178,16 @@ def drafter_table(cfg: Config) -> list[tuple[str, object, bool, tuple[str, ...]]
            all_w)]
   rows += [(f"tr-{n}-hot", (lambda n=n: TokenRecycling(n, cfg.tr_k)), True, ("code",))
            for n in cfg.tr_ablate_nodes]
-  rows.append((f"pld-{cfg.pld_nodes}", lambda: PromptLookup(cfg.pld_nodes), False, all_w))
+  bk = cfg.suffix_buckets or None
+  rows.append((f"pld-{cfg.pld_nodes}",
+               (lambda: HostPromptLookup(cfg.pld_nodes, buckets=bk)) if cfg.pld_host else
+               (lambda: PromptLookup(cfg.pld_nodes)), False, all_w))
   for a in cfg.suffix_alphas:
     for tau in cfg.suffix_taus:
       main = a == cfg.suffix_alphas[0] and tau == cfg.suffix_taus[0]
       rows.append((f"suffix-{cfg.suffix_nodes}-a{a:g}-t{tau:g}",
                    (lambda a=a, tau=tau: SuffixDecoding(cfg.suffix_nodes, alpha=a, tau=tau,
-                                                        buckets=cfg.suffix_buckets or None)),
+                                                        buckets=bk)),
                    False, all_w if main else ("agentic",)))
   return rows
 
@@ -196,13 +205,12 @@ def measure(cfg: Config, log=print) -> tuple[list[dict], dict]:
     bench.warm(first, make())
   compile_s = time.perf_counter() - t0
   log(f"  compiled greedy + {len(table)} drafters in {compile_s:.0f} s (prompt {bench.t})")
-  greedy = {w: [bench.greedy(ids) for ids in rs] for w, rs in reqs.items()}
   rows = []
   for name, make, hot, ws in table:
     for w in ws:
       if w not in reqs:
         continue
-      row = run_drafter(bench, name, make, reqs[w], greedy[w], hot=hot)
+      row = run_drafter(bench, name, make, reqs[w], hot=hot)
       row["workload"] = w
       rows.append(row)
       log(f"  {name:22s} {w:8s} MAT {row['mat']:.2f} acc {row['acceptance_rate']:.2f} "

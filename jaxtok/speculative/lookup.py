@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Int
 
 from jaxtok.config import require
@@ -53,3 +54,58 @@ class PromptLookup:
 
   def observe(self, state, tree, logits_BxNxV, acc):
     return state
+
+
+class HostPromptLookup:
+  """The same drafter on the host (numpy), for the host loop: it shares the host step's
+  compilation with SuffixDecoding at the same N, and drafts of few tokens can use a smaller
+  verify bucket."""
+  host = True
+  prompt_logits = False
+
+  def __init__(self, n_nodes: int = 8, max_ngram: int = 2,
+               buckets: tuple[int, ...] | None = None):
+    require(n_nodes >= 1, "n_nodes", ">= 1", n_nodes)
+    require(max_ngram >= 1, "max_ngram", ">= 1", max_ngram)
+    self.n_nodes, self.max_ngram = n_nodes, max_ngram
+    self.buckets = None if buckets is None else tuple(sorted(set(buckets) | {n_nodes}))
+    self._ctx: list[list[int]] = []
+
+  def init(self, vocab_size: int):
+    return ()
+
+  def begin(self, prompts):
+    self._ctx = [list(p) for p in prompts]
+
+  def observe_host(self, row, emitted):
+    self._ctx[row].extend(emitted)
+
+  def finish(self, responses):
+    pass
+
+  def draft(self, ctx: list[int]) -> list[int]:
+    """Tokens after the leftmost earlier occurrence of the longest matching tail n-gram."""
+    a = np.asarray(ctx)
+    for n in range(min(self.max_ngram, len(a) - 1), 0, -1):
+      tail = a[-n:]
+      ends = np.arange(n - 1, len(a) - 1)  # match a[j-n+1 .. j], j <= len - 2
+      ok = np.ones(len(ends), bool)
+      for o in range(n):
+        ok &= a[ends - o] == tail[n - 1 - o]
+      if ok.any():
+        j = int(ends[np.argmax(ok)])
+        return [int(t) for t in a[j + 1:j + self.n_nodes]]
+    return []
+
+  def propose_host(self) -> DraftTree:
+    b, n = len(self._ctx), self.n_nodes
+    tokens = np.zeros((b, n), np.int32)
+    valid = np.zeros((b, n), bool)
+    for row, ctx in enumerate(self._ctx):
+      d = self.draft(ctx)
+      tokens[row, 0], valid[row, 0] = ctx[-1], True
+      tokens[row, 1:1 + len(d)], valid[row, 1:1 + len(d)] = d, True
+    parent = np.maximum(np.arange(n) - 1, 0)[None].repeat(b, 0)
+    return DraftTree(tokens_BxN=jnp.asarray(tokens), parent_BxN=jnp.asarray(parent, jnp.int32),
+                     depth_BxN=jnp.asarray(np.arange(n)[None].repeat(b, 0), jnp.int32),
+                     valid_BxN=jnp.asarray(valid))

@@ -1,8 +1,9 @@
 """Seeded speculative-decoding workloads built in the repo (issue 9 §4), as text requests.
 
 * ``code``: the opening lines of held-out Python standard-library functions, to continue.
-* ``agentic``: a repetitive multi-request workload - templated SQL-agent requests answered with
-  one JSON tool call - where earlier responses predict later ones (SuffixDecoding's case).
+* ``agentic``: a repetitive multi-request workload - templated SQL-agent requests, two worked
+  examples each, answered with one JSON tool call - where earlier responses predict later ones
+  (SuffixDecoding's case).
 * ``chat``: short English questions.
 
 ``chat`` and ``agentic`` are chat messages (rendered with the model's chat template by
@@ -29,11 +30,16 @@ _TABLES = (("orders", ("id", "customer_id", "total", "created_at", "status")),
            ("products", ("id", "name", "price", "category", "stock")),
            ("payments", ("id", "order_id", "amount", "method", "paid_at")),
            ("shipments", ("id", "order_id", "carrier", "shipped_at", "delivered_at")))
-_ASKS = ("List the {c1} and {c2} of all {t} where {c3} is greater than {n}.",
-         "Count the {t} grouped by {c2}.",
-         "Show the 5 most recent {t} ordered by {c3}.",
-         "Find the {t} whose {c1} equals {n}.",
-         "What is the average {c3} of {t} per {c2}?")
+# (request, the SQL that answers it)
+_ASKS = (("List the {c1} and {c2} of all {t} where {c3} is greater than {n}.",
+          "SELECT {c1}, {c2} FROM {t} WHERE {c3} > {n};"),
+         ("Count the {t} grouped by {c2}.", "SELECT {c2}, COUNT(*) FROM {t} GROUP BY {c2};"),
+         ("Show the 5 most recent {t} ordered by {c3}.",
+          "SELECT * FROM {t} ORDER BY {c3} DESC LIMIT 5;"),
+         ("Find the {t} whose {c1} equals {n}.", "SELECT * FROM {t} WHERE {c1} = {n};"),
+         ("What is the average {c3} of {t} per {c2}?",
+          "SELECT {c2}, AVG({c3}) FROM {t} GROUP BY {c2};"))
+_SHOTS = 2  # worked examples before each request (a 135M model needs them to keep the format)
 _SYSTEM = ("You are a SQL agent. Reply with exactly one JSON tool call of the form "
            '{"tool": "run_sql", "arguments": {"query": "<SQL>"}} and nothing else.')
 _CHAT = ("What is the capital of France?", "Give me three tips for sleeping better.",
@@ -71,13 +77,23 @@ def requests(workload: str, n: int, seed: int = 0, *, code_lines: int = 8):
     return [[{"role": "user", "content": _CHAT[i]}] for i in pick]
   out = []
   for _ in range(n):
-    t, cols = _TABLES[rng.integers(len(_TABLES))]
-    c1, c2, c3 = (cols[i] for i in rng.choice(len(cols), 3, replace=False))
-    ask = _ASKS[rng.integers(len(_ASKS))].format(t=t, c1=c1, c2=c2, c3=c3,
-                                                 n=int(rng.integers(1, 500)))
-    user = f"Table {t}({', '.join(cols)}). {ask}"
-    out.append([{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}])
+    msgs = [{"role": "system", "content": _SYSTEM}]
+    for shot in range(_SHOTS + 1):
+      user, sql = _sql_request(rng)
+      msgs.append({"role": "user", "content": user})
+      if shot < _SHOTS:
+        call = '{"tool": "run_sql", "arguments": {"query": "' + sql + '"}}'
+        msgs.append({"role": "assistant", "content": call})
+    out.append(msgs)
   return out
+
+
+def _sql_request(rng) -> tuple[str, str]:
+  t, cols = _TABLES[rng.integers(len(_TABLES))]
+  c1, c2, c3 = (cols[i] for i in rng.choice(len(cols), 3, replace=False))
+  ask, sql = _ASKS[rng.integers(len(_ASKS))]
+  f = dict(t=t, c1=c1, c2=c2, c3=c3, n=int(rng.integers(1, 500)))
+  return f"Table {t}({', '.join(cols)}). {ask.format(**f)}", sql.format(**f)
 
 
 def render(request, tokenizer=None) -> list[int]:

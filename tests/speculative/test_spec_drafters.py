@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtok.speculative import PromptLookup, TokenRecycling, ancestor_mask, make_tree, template
+from jaxtok.speculative import (PromptLookup, TokenRecycling, ancestor_mask, make_drafter,
+                                make_tree, template)
+from jaxtok.speculative.lookup import HostPromptLookup
 from jaxtok.speculative.loop import Context
 from jaxtok.speculative.recycling import update, update_sequential
 from jaxtok.speculative.suffix import SuffixDecoding, SuffixTrie, expand
@@ -72,6 +74,12 @@ def test_prompt_lookup_drafts_the_leftmost_continuation():
                     jnp.array([1, 6]))
   np.testing.assert_array_equal(tree.tokens_BxN[0], [1, 2, 7, 1])
   np.testing.assert_array_equal(tree.valid_BxN[1], [True, False, False, False])
+  host = HostPromptLookup(n_nodes=4, max_ngram=2)
+  host.begin([list(ctx[0, :9]), list(ctx[1, :4])])
+  h = host.propose_host()
+  np.testing.assert_array_equal(h.valid_BxN, tree.valid_BxN)
+  np.testing.assert_array_equal(np.where(h.valid_BxN, h.tokens_BxN, -1),
+                                np.where(tree.valid_BxN, tree.tokens_BxN, -1))
 
 
 def _brute_count(seqs, pattern, depth):
@@ -124,3 +132,11 @@ def test_suffix_bad_arguments():
   for kw in ({"tau": 0.0}, {"tau": 1.5}, {"alpha": 0}, {"n_nodes": 0}):
     with pytest.raises(ValueError, match=next(iter(kw))):
       SuffixDecoding(**kw)
+
+
+def test_drafters_by_name():
+  assert isinstance(make_drafter("tr"), TokenRecycling)
+  assert isinstance(make_drafter("pld", 5), PromptLookup) and make_drafter("pld", 5).n_nodes == 5
+  assert isinstance(make_drafter("suffix"), SuffixDecoding)
+  with pytest.raises(ValueError, match="--speculate"):
+    make_drafter("medusa")
