@@ -10,13 +10,13 @@ accepted path's K/V into consecutive slots), ``loop`` (the generation loop), ``r
 ``suffix``, ``lookup`` (drafters).
 """
 from jaxtok.speculative.commit import commit_path
-from jaxtok.speculative.drafters import DRAFTERS, make_drafter
+from jaxtok.speculative.drafters import DRAFTERS, make_drafter, speculate
 from jaxtok.speculative.lookup import PromptLookup
 from jaxtok.speculative.loop import SpecResult, generate
 from jaxtok.speculative.recycling import TokenRecycling
 from jaxtok.speculative.tree import DraftTree, ancestor_mask, chain, make_tree, template
 from jaxtok.speculative.verify import Accept, accept_greedy, accept_sample, verify
 
-__all__ = ["DRAFTERS", "make_drafter", "Accept", "DraftTree", "PromptLookup", "SpecResult", "TokenRecycling",
+__all__ = ["DRAFTERS", "Accept", "DraftTree", "PromptLookup", "SpecResult", "TokenRecycling",
            "accept_greedy", "accept_sample", "ancestor_mask", "chain", "commit_path", "generate",
-           "make_tree", "template", "verify"]
+           "make_drafter", "make_tree", "speculate", "template", "verify"]

@@ -140,3 +140,17 @@ def test_drafters_by_name():
   assert isinstance(make_drafter("suffix"), SuffixDecoding)
   with pytest.raises(ValueError, match="--speculate"):
     make_drafter("medusa")
+
+
+def test_speculate_for_the_cli_equals_greedy():
+  from flax import nnx
+
+  from jaxtok import decode
+  from jaxtok.nn import ModelConfig, init_model
+  from jaxtok.speculative import speculate
+  cfg = ModelConfig(vocab_size=31, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=64,
+                    init_std=0.3)
+  g, p = nnx.split(init_model(cfg, seed=0), nnx.Param)
+  ids, r = speculate(g, p, [1, 2, 3, 1, 2], "pld", max_new_tokens=10, warmup=False)
+  ref, _ = decode.generate(g, p, jnp.array([[1, 2, 3, 1, 2]]), max_new_tokens=10)
+  assert ids == list(np.asarray(ref[0])) and r.steps >= 1
