@@ -5,8 +5,11 @@ Only the abstract was available to us, so this is the reconstruction of kv_and_t
 * Global-Local score (paper: global and local accumulated attention combined to cancel the
   causal-mask bias of accumulated scores and the RoPE-decay bias of window scores).
   Ours: global G_j = sum_t a[t, j] / n_j with n_j the number of queries that could see slot j
-  (removes the causal bias), local L_j = the observation window's mass; each min-max normalised
-  per (row, head) over valid slots; S_j = max(G^_j, L^_j). Sinks and the window are protected.
+  (removes the causal bias), local L_j = the observation window's mass; each normalised per
+  (row, head) over the candidate slots (valid, not protected: the sinks' huge mass must not set
+  the scale), by min-max (``normalise="minmax"``, the notes' reconstruction) or by rank
+  (``"rank"``: the fraction of candidates scoring lower, robust to outliers);
+  S_j = max(G^_j, L^_j). Sinks and the window are protected.
 * Evict-then-merge, head-wise by redundancy (paper: heads differ in sparsity and redundancy).
   Ours: the top-``budget`` slots by S are class centres; every other slot goes to the more
   cosine-similar of its two positionally adjacent centres (the one before and the one after
@@ -28,6 +31,15 @@ from jaxtok.kvcompress.base import PROTECT, Policy, recent_mask, top_plan, valid
 from jaxtok.kvcompress.elastic_cache import neighbours
 
 
+def rank_norm(x_BxKxS, valid_BxKxS):
+  """Fraction of the valid slots with a lower score (0 for invalid slots)."""
+  x = jnp.where(valid_BxKxS, x_BxKxS, -jnp.inf)
+  r = jnp.argsort(jnp.argsort(x, axis=-1, stable=True), axis=-1)
+  n_invalid = jnp.sum(~valid_BxKxS, axis=-1, keepdims=True)
+  n_valid = jnp.maximum(jnp.sum(valid_BxKxS, axis=-1, keepdims=True), 1)
+  return jnp.where(valid_BxKxS, (r - n_invalid) / n_valid, 0.0)
+
+
 def minmax(x_BxKxS, valid_BxKxS):
   lo = jnp.min(jnp.where(valid_BxKxS, x_BxKxS, jnp.inf), axis=-1, keepdims=True)
   hi = jnp.max(jnp.where(valid_BxKxS, x_BxKxS, -jnp.inf), axis=-1, keepdims=True)
@@ -40,18 +52,23 @@ class EMS(Policy):
   needs_window = True
   sinks: int = 4
   merge_threshold: float = 0.8  # cosine similarity above which a dropped slot is merged
+  normalise: str = "minmax"  # or "rank"
 
   def __post_init__(self):
     require(self.sinks >= 0, "sinks", ">= 0", self.sinks)
+    require(self.normalise in ("minmax", "rank"), "normalise", "'minmax' or 'rank'",
+            self.normalise)
     require(-1 <= self.merge_threshold <= 1.01, "merge_threshold", "in [-1, 1.01] (> 1: never "
             "merge)", self.merge_threshold)
 
   def score(self, layer, obs, l, budget_BxK):
     valid = valid_slots(layer)
-    n_seen = jnp.maximum(obs.next_pos_B[:, None, None] - layer.pos, 1).astype(jnp.float32)
-    g = minmax(obs.total[l].sum_BxKxS / n_seen, valid)
-    loc = minmax(obs.window[l].sum_BxKxS, valid)
     protect = ((layer.pos >= 0) & (layer.pos < self.sinks)) | recent_mask(layer, obs.window_size)
+    cand = valid & ~protect
+    norm = minmax if self.normalise == "minmax" else rank_norm
+    n_seen = jnp.maximum(obs.next_pos_B[:, None, None] - layer.pos, 1).astype(jnp.float32)
+    g = norm(obs.total[l].sum_BxKxS / n_seen, cand)
+    loc = norm(obs.window[l].sum_BxKxS, cand)
     return jnp.where(protect, PROTECT, jnp.maximum(g, loc))
 
   def plan(self, layer, obs, l, budget_BxK):

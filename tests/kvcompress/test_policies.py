@@ -254,3 +254,17 @@ def test_bad_input_names_the_argument():
     kc.SentenceKV(boundary_ids=(CFG.vocab_size,), vocab_size=CFG.vocab_size)
   with pytest.raises(ConfigError, match="keep_ratio"):
     kc.from_ratio(2, 2, 10, 0.0)
+
+
+def test_ems_normalisation_ignores_protected_sinks():
+  """A sink's huge mass must not flatten every other score (min-max over the candidates)."""
+  s = 6
+  layer = _layer(jnp.ones((1, 1, s, 2)), s)
+  tot = jnp.array([[[100.0, 1, 2, 3, 4, 5]]])
+  win = jnp.array([[[100.0, 5, 0, 0, 0, 0]]])
+  for norm in ("minmax", "rank"):
+    sc = kc.EMS(sinks=1, normalise=norm).score(layer, _obs(tot, win, next_pos=s, window=0), 0,
+                                               jnp.array([[2]]))
+    # slot 1 tops the window among candidates, slot 5 the debiased global score
+    assert np.asarray(sc[0, 0, 1:]).argmax() in (0, 4) and float(sc[0, 0, 1]) >= 0.99 * float(
+        sc[0, 0, 1:].max())
