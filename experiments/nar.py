@@ -61,7 +61,7 @@ class Config:
   sample_batches: int = 6  # batches of `batch_size` class-conditional samples per model
   speed_sizes: tuple[int, ...] = (8, 16)
   speed_batches: tuple[int, ...] = (1, 64)
-  speed_repeats: int = 3
+  speed_repeats: int = 5
   seed: int = 0
 
   def __post_init__(self):
@@ -201,7 +201,7 @@ def _sample(cfg, out, order, cond_MxC, grid_vocab, key, guided, null_cond=None):
 
 
 def speed_table(cfg: Config, sizes, batches, trained: dict | None = None) -> list[dict]:
-  """Generation wall time (median of repeats, compile excluded) and forward passes per grid,
+  """Generation wall time (minimum of interleaved repeats, compile excluded) and forward passes per grid,
   NAR vs raster AR, the same backbone; ``trained[(size, kind)] = (graphdef, params)`` or fresh
   weights (wall time does not depend on them)."""
   rows = []
@@ -212,19 +212,22 @@ def speed_table(cfg: Config, sizes, batches, trained: dict | None = None) -> lis
     fresh = split_params(init_model(_model_cfg(cfg, shape, vocab), cfg.seed))
     for b in batches:
       cond = jnp.asarray((levels + np.arange(b) % n_cls)[:, None], jnp.int32)
+      runs = {}
       for kind, make in (("nar", nar.nar_order), ("raster", nar.raster_order)):
         order = make(shape, 1)
         gd, params = (trained or {}).get((size, kind), fresh)
-        run = lambda k: nar_decode.generate_grid(
-            gd, params, order, cond, jax.random.key(k), grid_vocab=levels,
-            temperature=cfg.temperature, cfg_scale=cfg.cfg_scale, null_cond=levels + n_cls)
-        run(0).block_until_ready()  # compile
-        times = []
-        for r in range(cfg.speed_repeats):
+        runs[kind] = (order, functools.partial(
+            nar_decode.generate_grid, gd, params, order, cond, grid_vocab=levels,
+            temperature=cfg.temperature, cfg_scale=cfg.cfg_scale, null_cond=levels + n_cls))
+        runs[kind][1](jax.random.key(0)).block_until_ready()  # compile
+      times = {kind: [] for kind in runs}
+      for r in range(cfg.speed_repeats):  # interleaved; the minimum is the least disturbed
+        for kind, (_, run) in runs.items():
           t0 = time.perf_counter()
-          run(r + 1).block_until_ready()
-          times.append(time.perf_counter() - t0)
-        sec = float(np.median(times))
+          run(jax.random.key(r + 1)).block_until_ready()
+          times[kind].append(time.perf_counter() - t0)
+      for kind, (order, _) in runs.items():
+        sec = float(np.min(times[kind]))
         rows.append({"size": size, "batch": b, "order": kind,
                      "forward_passes": nar_decode.forward_passes(order), "seconds": sec,
                      "grids_per_s": b / sec})
@@ -282,11 +285,12 @@ def _field_part(cfg: Config, out_dir: Path, summary: dict) -> list[Claim]:
       nlls = _nll(out, order, tokens_val, v, cfg.batch_size, heads)
       r[kind] = nlls[0]
       r[f"{kind}_train_s"] = out["seconds"]
-      if kind == "nar" and not control:
-        r["head_vertical"], r["head_horizontal"] = nlls[1:]
+      if not control:
         samples = _sample(cfg, out, order, bos[:cfg.eval_grids], v, jax.random.key(cfg.seed),
                           guided=False)
-        r["nar_samples_true_nll"] = float(-field.log_prob(samples).mean() / n)
+        r[f"{kind}_samples_true_nll"] = float(-field.log_prob(samples).mean() / n)
+      if kind == "nar" and not control:
+        r["head_vertical"], r["head_horizontal"] = nlls[1:]
         plots.loss_curve(out["history"], [], out_dir / "field_nar_loss.png",
                          baselines={"true entropy": r["entropy"]})
     res[tag] = r
@@ -302,7 +306,8 @@ def _field_part(cfg: Config, out_dir: Path, summary: dict) -> list[Claim]:
             "raster AR's on the exact field (15 vs 64 steps)", round(f["raster"], 4),
             round(f["nar"], 4), "ours <= paper_value + 0.03", f["nar"] <= f["raster"] + 0.03),
       Claim("nar-samples-loglik", "2503.10696 (N5)", "NAR samples' true NLL per token is within "
-            "0.05 nats of held-out data's", round(f["entropy"], 4),
+            "0.05 nats of held-out data's (raster AR samples: "
+            f"{f['raster_samples_true_nll']:.4f})", round(f["entropy"], 4),
             round(f["nar_samples_true_nll"], 4), "|ours - paper_value| <= 0.05",
             abs(f["nar_samples_true_nll"] - f["entropy"]) <= 0.05),
       Claim("nar-mixed-heads", "2503.10696 Table 5", "mixed-head logits beat either single head "
@@ -377,13 +382,14 @@ def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
                         "2n-1 forward passes (16x16: 31 vs raster 256)", 2 * size - 1, n_steps,
                         "ours == paper_value", n_steps == 2 * size - 1))
   big = max(cfg.speed_sizes)
-  b = max(cfg.speed_batches)
-  up = next(r for r in rows if (r["size"], r["batch"], r["order"]) == (big, b, "nar"))
-  claims.append(Claim(f"nar-speedup-{big}", "2503.10696 Table 1 (NAR-B 419.7 vs LlamaGen-B "
-                      "117.9 img/s = 3.56x)", f"NAR generates {big}x{big} grids at batch {b} at "
-                      "least 4x faster than raster AR with the same backbone (issue's aim)",
-                      3.56, round(up["speedup_vs_raster"], 2), "ours >= 4",
-                      up["speedup_vs_raster"] >= 4))
+  for b in cfg.speed_batches:
+    up = next(r for r in rows if (r["size"], r["batch"], r["order"]) == (big, b, "nar"))
+    claims.append(Claim(f"nar-speedup-{big}-b{b}", "2503.10696 Table 1 (NAR-B 419.7 vs "
+                        "LlamaGen-B 117.9 img/s = 3.56x, A100, max batch)", f"NAR generates "
+                        f"{big}x{big} grids at batch {b} at least 4x faster than raster AR with "
+                        "the same backbone (the issue's aim on CPU); wall-time ratio",
+                        3.56, round(up["speedup_vs_raster"], 2), "ours >= 4",
+                        up["speedup_vs_raster"] >= 4))
   return claims
 
 

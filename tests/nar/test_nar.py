@@ -23,6 +23,9 @@ def test_schedule_2d_takes_2n_minus_1_steps(n):
     assert np.all(rows + cols == s) and valid_SxW[s].sum() == min(s, 2 * n - 2 - s) + 1
   assert nar_decode.forward_passes(nar.nar_order((n, n))) == 2 * n - 1
   assert nar_decode.forward_passes(nar.raster_order((n, n))) == n * n
+  fed = [s for a, e, w in nar_decode.width_segments(nar.nar_order((n, n))) for s in range(a, e)
+         if valid_SxW[s].sum() <= w <= n]
+  assert fed == list(range(2 * n - 2))  # every fed step once, in order, in a block that fits
 
 
 @pytest.mark.parametrize("t,n", [(1, 3), (2, 3), (4, 16), (3, 2)])

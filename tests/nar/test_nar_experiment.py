@@ -13,7 +13,7 @@ def test_smoke_preset_writes_claims_samples_and_speed(tmp_path):
     assert set(c) == {"id", "paper", "statement", "paper_value", "ours", "criterion", "passed"}
   assert claims["nar-steps-8"]["passed"] and claims["nar-steps-8"]["ours"] == 15  # exact
   for cid in ("nar-field-entropy", "nar-mixed-heads", "nar-negative-control", "nar-digits8-nll",
-              "nar-digits8-samples", "nar-speedup-8"):
+              "nar-digits8-samples", "nar-speedup-8-b16"):
     assert cid in claims  # learned / timed claims are only reported at smoke size
   summary = json.loads((run_dir / "summary.json").read_text())
   f = summary["field"]
