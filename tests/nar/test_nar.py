@@ -176,3 +176,14 @@ def test_field_likelihoods_are_exact_distributions(same_diagonal):
   samples = field.sample(np.random.default_rng(0), 20000)
   freq = np.bincount(samples @ (2 ** np.arange(8, -1, -1)), minlength=512) / 20000
   assert np.abs(freq - p_M).max() < 4 * np.sqrt(p_M.max() / 20000)
+
+
+def test_field_source_is_seeded_and_feeds_grid_examples():
+  field = nar.CausalField(4, 3, seed=0)
+  src = nar.FieldSource(field, seed=5, cond_id=3)
+  a, b = src[7], src[7]
+  np.testing.assert_array_equal(a["grid"], b["grid"])
+  row = nar.to_grid_example(a)
+  assert row["inputs"].tolist() == [3] + a["grid"].tolist()
+  np.testing.assert_array_equal(row["targets"], a["grid"])
+  assert row["weights"].shape == (16,) and int(a["grid"].max()) < 3
