@@ -79,8 +79,9 @@ def run_case(cfg, graphdef, params, policy, prompt_len, batch, ratios, *, window
   lens = jnp.full((batch,), prompt_len, jnp.int32)
   cap = prompt_len + new_tokens
 
+  # params are arguments, never closed over (closed-over weights become constants XLA folds)
   @functools.partial(jax.jit, static_argnames=("n",))
-  def steps(cache, logits, n):
+  def steps(params, cache, logits, n):
     def body(carry, _):
       c, lg = carry
       tok = jnp.argmax(lg, -1).astype(jnp.int32)
@@ -89,15 +90,15 @@ def run_case(cfg, graphdef, params, policy, prompt_len, batch, ratios, *, window
     return jax.lax.scan(body, (cache, logits), None, length=n)[1]
 
   def decode_rate(cache, logits):
-    t1, _ = _best(lambda: steps(cache, logits, 1), repeats)
-    tn, _ = _best(lambda: steps(cache, logits, new_tokens), repeats)
+    t1, _ = _best(lambda: steps(params, cache, logits, 1), repeats)
+    tn, _ = _best(lambda: steps(params, cache, logits, new_tokens), repeats)
     return batch * (new_tokens - 1) / (tn - t1) if tn > t1 else float("nan")  # noise: no rate
 
-  plain = jax.jit(lambda t: prefill(graphdef, params, init_cache(cfg, batch, cap), t, lens))
-  prefill_s, (logits, full_cache) = _best(lambda: plain(tokens), repeats)
-  observe = jax.jit(lambda t: kc.observe(graphdef, params, init_cache(cfg, batch, cap), t,
-                                         window))
-  observe_s, (_, cache, obs) = _best(lambda: observe(tokens), repeats)
+  plain = jax.jit(lambda pr, t: prefill(graphdef, pr, init_cache(cfg, batch, cap), t, lens))
+  prefill_s, (logits, full_cache) = _best(lambda: plain(params, tokens), repeats)
+  observe = jax.jit(lambda pr, t: kc.observe(graphdef, pr, init_cache(cfg, batch, cap), t,
+                                             window))
+  observe_s, (_, cache, obs) = _best(lambda: observe(params, tokens), repeats)
   full_rate = decode_rate(full_cache, logits)
   full_bytes = kc.cache_bytes(full_cache)
   rows = []
