@@ -63,14 +63,13 @@ def sample_perms(rng: np.random.Generator, batch: int, n: int) -> np.ndarray:
   return np.argsort(rng.random((batch, n)), axis=1).astype(np.int32)
 
 
-def vector_batch(rng: np.random.Generator, batch: int, n: int, *, n_scratch: int = 0,
-                 d: int | None = None) -> dict[str, np.ndarray]:
+def vector_batch(rng: np.random.Generator, batch: int, n: int, *,
+                 n_scratch: int = 0) -> dict[str, np.ndarray]:
   """The paper's vector task: ``x`` f32[B, T, n] = [P; Y_P; 0_m] (d = n columns, as in the
   code: Y ~ Bernoulli(1/2)^{n x n}), ``y`` f32[B, n, d] = Y = P^T Y_P, ``perm`` i32[B, n] = sigma,
   ``read`` i32[B, n] (rows holding the answers)."""
   _check_task(n, n_scratch)
-  d = n if d is None else d
-  require(d == n, "d", f"= n = {n} (rows of P and of Y_P share the input width)", d)
+  d = n  # rows of P and of Y_P share the input width
   perm_BxN = sample_perms(rng, batch, n)
   y_BxNxD = rng.integers(0, 2, (batch, n, d)).astype(np.float32)
   p_BxNxN = np.eye(n, dtype=np.float32)[perm_BxN]  # P[i] = e_{sigma(i)}
@@ -227,3 +226,17 @@ def lemma1_violation(apply_fn: Callable, x, x_perturbed, t: int) -> float:
   a, b = apply_fn(x), apply_fn(x_perturbed)
   diffs = jax.tree.map(lambda u, v: jnp.max(jnp.abs(u[:, :t + 1] - v[:, :t + 1])), a, b)
   return float(max(jax.tree.leaves(diffs)))
+
+
+def token_scores(logits_BxTxV, targets_BxT, weights_BxT) -> dict[str, jax.Array]:
+  """Per answer token accuracy and cross-entropy (nats), and whole-answer exact match, over
+  the rows ``weights`` selects (the n read rows of every example)."""
+  w_BxT = weights_BxT.astype(jnp.float32)
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  nll_BxT = -jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  hit_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
+  total = jnp.maximum(w_BxT.sum(), 1.0)
+  all_hit_B = jnp.all((hit_BxT > 0) | (w_BxT == 0), axis=1)
+  return {"accuracy": (hit_BxT * w_BxT).sum() / total,
+          "cross_entropy": (nll_BxT * w_BxT).sum() / total,
+          "exact_match": all_hit_B.astype(jnp.float32).mean()}
