@@ -119,3 +119,16 @@ def test_token_bounds():
   assert b["exact_match"] == pytest.approx(sum(a * 0.25 ** h for h, a in enumerate(eul)) / 720)
   none = pm.causal_token_bounds(6, 4, n_scratch=6)
   assert none["accuracy"] == none["exact_match"] == 1.0 and none["cross_entropy"] == 0.0
+
+
+def test_token_scores_on_known_logits():
+  b = pm.token_batch(np.random.default_rng(5), 4, 3, 2, n_scratch=3)
+  v = pm.token_vocab(3, 2)["size"]
+  perfect = np.eye(v, dtype=np.float32)[b["targets"]] * 20.0
+  s = pm.token_scores(perfect, b["targets"], b["weights"])
+  assert float(s["accuracy"]) == float(s["exact_match"]) == 1.0
+  assert float(s["cross_entropy"]) < 1e-6
+  wrong = perfect.copy()
+  wrong[0, -1] = np.roll(wrong[0, -1], 1)  # one answer token of one example is wrong
+  s = pm.token_scores(wrong, b["targets"], b["weights"])
+  assert float(s["accuracy"]) == pytest.approx(1 - 1 / 12) and float(s["exact_match"]) == 0.75
