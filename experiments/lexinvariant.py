@@ -89,7 +89,7 @@ class Config:
 
 
 def smoke() -> Config:
-  return Config(d_model=32, d_ff=64, table_scale=1 / 32,
+  return Config(d_model=32, n_layers=1, d_ff=64, table_scale=1 / 32,
                 markov=PartConfig(seq_len=32, batch_size=8, steps=30, val_batches=1),
                 code=PartConfig(seq_len=32, batch_size=8, steps=30, val_batches=1),
                 max_train_bytes=200_000, max_val_bytes=20_000, probe_train_seqs=16,

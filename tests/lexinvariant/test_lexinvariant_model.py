@@ -18,7 +18,7 @@ V, D, T, B = 7, 32, 10, 3
 
 
 def _model(vocab=V):
-  cfg = ModelConfig(vocab_size=vocab, d_model=D, n_layers=2, n_heads=4, d_ff=64, max_len=T,
+  cfg = ModelConfig(vocab_size=vocab, d_model=D, n_layers=1, n_heads=4, d_ff=64, max_len=T,
                     embedding="external", tie_embeddings=False)
   graphdef, params = split_params(init_model(cfg, 0))
   return cfg, graphdef, params
