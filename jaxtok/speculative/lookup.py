@@ -22,7 +22,7 @@ from jaxtok.speculative.tree import DraftTree, chain
 class PromptLookup:
   n_nodes: int = 8  # root + up to 7 drafted tokens
   max_ngram: int = 2  # transformers' max_matching_ngram_size default
-  prompt_logits = False
+  prompt_logits = 0
 
   def __post_init__(self):
     require(self.n_nodes >= 1, "n_nodes", ">= 1", self.n_nodes)
@@ -61,7 +61,7 @@ class HostPromptLookup:
   compilation with SuffixDecoding at the same N, and drafts of few tokens can use a smaller
   verify bucket."""
   host = True
-  prompt_logits = False
+  prompt_logits = 0
 
   def __init__(self, n_nodes: int = 8, max_ngram: int = 2,
                buckets: tuple[int, ...] | None = None):

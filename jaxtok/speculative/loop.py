@@ -10,7 +10,8 @@ Drafters (a frozen dataclass each, static under jit) follow one small protocol:
 
 * device drafters (Token Recycling, prompt lookup): ``init(vocab_size) -> state`` (a pytree),
   ``propose(state, ctx, root_B) -> DraftTree``, ``observe(state, tree, logits, accept) ->
-  state``, and ``prompt_logits`` / ``observe_prompt`` for drafters that learn from the prompt.
+  state``, and ``prompt_logits`` (W: learn from the prompt's last W positions, 0: no) with
+  ``observe_prompt(state, tokens_BxW, valid_BxW, logits_BxWxV)``.
   The whole generation is one ``lax.while_loop`` over ``SpecState`` (flax gemma's
   ``_SamplingState``): no host round trip per step.
 * host drafters (SuffixDecoding): ``host = True``, ``propose_host(contexts) -> DraftTree`` from
@@ -111,9 +112,16 @@ def start(graphdef: nnx.GraphDef, params, drafter, drafter_state, prompt_BxT, pr
   offset_BxT = jnp.arange(t, dtype=jnp.int32)[None, :]
   positions_BxT = jnp.where(offset_BxT < prompt_len_B[:, None], offset_BxT, -1)
   if drafter.prompt_logits:
-    out = forward(graphdef, params, prompt_BxT, positions_BxT, cache=cache, fresh_cache=True)
-    last_BxV = jnp.take_along_axis(out.logits, (prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
-    drafter_state = drafter.observe_prompt(drafter_state, prompt_BxT, prompt_len_B, out.logits)
+    # logits of the prompt's last W positions only: [T, V] logits of a large vocabulary cost
+    # more than the layers on a CPU
+    w = min(drafter.prompt_logits, t)
+    at_BxW = prompt_len_B[:, None] - w + jnp.arange(w, dtype=jnp.int32)[None, :]
+    out = forward(graphdef, params, prompt_BxT, positions_BxT, cache=cache, fresh_cache=True,
+                  logits_at_BxN=jnp.maximum(at_BxW, 0))
+    last_BxV = out.logits[:, -1]
+    drafter_state = drafter.observe_prompt(
+        drafter_state, jnp.take_along_axis(prompt_BxT, jnp.maximum(at_BxW, 0), axis=1),
+        at_BxW >= 0, out.logits)
   else:
     out = forward(graphdef, params, prompt_BxT, positions_BxT, cache=cache, fresh_cache=True,
                   logits_at_BxN=(prompt_len_B - 1)[:, None])
@@ -273,7 +281,7 @@ def _trim(tree: DraftTree, buckets) -> DraftTree:
 @dataclasses.dataclass(frozen=True)
 class _HostSide:
   n_nodes: int
-  prompt_logits = False
+  prompt_logits = 0
 
   def observe(self, state, tree, logits_BxNxV, acc):
     return state

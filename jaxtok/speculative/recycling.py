@@ -6,7 +6,8 @@ model predicted the last time it saw token t (zeros at first; carried across req
 start", §3.3). Draft (§3.2): a static template tree, filled depth by depth with one gather each,
 ``tok[i] = adj[tok[parent[i]], rank[i]]``. Update (§3.4): after every verify, for every tree
 node i (rejected branches included) ``adj[tok[i]] = top-k(logits[i])``; the prompt's logits
-update it after prefill too.
+update it after prefill too (its last W positions: full-prompt logits of a 49k vocabulary cost
+more than the layers on a CPU).
 
 Duplicate writes (two nodes with the same token in one step; JAX's scatter order is
 unspecified): the deepest node wins, then the lowest (row, node) index - a deterministic rule
@@ -74,11 +75,14 @@ class TokenRecycling:
   kept per token (paper: k = 8, 80 drafted nodes)."""
   n_nodes: int = 16
   k: int = 8
-  prompt_logits: bool = True  # learn from the prompt's logits after prefill
+  # learn from the logits of the prompt's last W positions after prefill (0: off)
+  prompt_logits: int = 32
 
   def __post_init__(self):
     require(self.k >= 1, "k", ">= 1", self.k)
     require(self.n_nodes >= 1, "n_nodes", ">= 1", self.n_nodes)
+    require(self.prompt_logits >= 0, "prompt_logits", ">= 0 (prompt positions)",
+            self.prompt_logits)
 
   @functools.cached_property
   def tmpl(self) -> Template:
@@ -101,11 +105,10 @@ class TokenRecycling:
     return RecyclingState(adj_VxK=update(state.adj_VxK, tree.tokens_BxN, logits_BxNxV,
                                          tree.valid_BxN, tree.depth_BxN))
 
-  def observe_prompt(self, state: RecyclingState, prompt_BxT, prompt_len_B, logits_BxTxV
+  def observe_prompt(self, state: RecyclingState, tokens_BxW, valid_BxW, logits_BxWxV
                      ) -> RecyclingState:
-    t = prompt_BxT.shape[1]
-    pos_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), prompt_BxT.shape)
-    valid_BxT = pos_BxT < prompt_len_B[:, None]
+    pos_BxW = jnp.broadcast_to(jnp.arange(tokens_BxW.shape[1], dtype=jnp.int32),
+                               tokens_BxW.shape)
     # the latest occurrence of a token in the prompt wins (as a sequential update would)
-    return RecyclingState(adj_VxK=update(state.adj_VxK, prompt_BxT, logits_BxTxV, valid_BxT,
-                                         pos_BxT))
+    return RecyclingState(adj_VxK=update(state.adj_VxK, tokens_BxW, logits_BxWxV, valid_BxW,
+                                         pos_BxW))

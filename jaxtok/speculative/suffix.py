@@ -140,7 +140,7 @@ class SuffixDecoding:
   """The drafter (host side; ``jaxtok.speculative.generate`` calls ``begin``, ``observe_host``,
   ``propose_host`` and ``finish``). Its global trie persists across calls."""
   host = True
-  prompt_logits = False
+  prompt_logits = 0
 
   def __init__(self, n_nodes: int = 16, *, max_depth: int = 24, alpha: float = 1.0,
                beta: float = 0.0, tau: float = 0.1, max_requests: int = 10_000,
