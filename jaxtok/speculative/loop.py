@@ -343,3 +343,37 @@ def warm_host(graphdef: nnx.GraphDef, params, drafter, prompt_BxT, prompt_len_B=
                      valid_BxN=jnp.zeros((b, n), bool).at[:, 0].set(True))
     state = _step_jit(graphdef, params, dev, state, tree, **statics)
   jax.block_until_ready(state.n_B)
+
+
+def simulate_host(drafter, prompts: list[list[int]], responses: list[list[int]], *,
+                  max_new_tokens: int) -> tuple[int, int, int]:
+  """Offline replay of a host drafter against known greedy responses (ArcticInference's
+  ``simulator.py``): each step accepts the deepest tree node whose path matches the response,
+  plus the bonus token, with no model call. Under greedy verification this is exactly the
+  online run's (steps, accepted, drafted); it does call ``finish``, as the online run does."""
+  drafter.begin(prompts)
+  steps = accepted = drafted = 0
+  for row, resp in enumerate(responses):
+    drafter.observe_host(row, resp[:1])
+  n = [1] * len(prompts)
+  while True:
+    live = [r for r in range(len(prompts)) if n[r] < min(len(responses[r]), max_new_tokens)]
+    if not live:
+      break
+    tree = drafter.propose_host()
+    tok, par, dep, val = (np.asarray(a) for a in (tree.tokens_BxN, tree.parent_BxN,
+                                                  tree.depth_BxN, tree.valid_BxN))
+    for r in live:
+      resp = responses[r]
+      ok = np.zeros(tok.shape[1], bool)
+      ok[0] = True
+      for i in range(1, tok.shape[1]):  # parent[i] < i: parents are decided first
+        d = n[r] + dep[r, i] - 1
+        ok[i] = val[r, i] and ok[par[r, i]] and d < len(resp) and tok[r, i] == resp[d]
+      n_acc = int(dep[r][ok].max())
+      steps, accepted, drafted = steps + 1, accepted + n_acc, drafted + int(val[r].sum()) - 1
+      emit = resp[n[r]:n[r] + n_acc + 1]
+      drafter.observe_host(r, emit)
+      n[r] += len(emit)
+  drafter.finish([resp[:max_new_tokens] for resp in responses])
+  return steps, accepted, drafted

@@ -121,6 +121,13 @@ def test_replaying_requests_raises_suffix_acceptance():
   assert runs[1].mat > runs[0].mat + 0.5
   assert runs[1].draft_s < runs[1].wall_s
   np.testing.assert_array_equal(runs[0].tokens_BxM, runs[1].tokens_BxM)
+  # the offline simulator (no model) replays the same acceptance as the online greedy run
+  prompts_l = [list(map(int, np.asarray(prompts[b, :m]))) for b, m in enumerate(LENS)]
+  resp = [list(map(int, r[:m])) for r, m in zip(runs[0].tokens_BxM, runs[0].n_B)]
+  fresh = SuffixDecoding(n_nodes=8)
+  for run in runs:
+    sim = loop.simulate_host(fresh, prompts_l, resp, max_new_tokens=NEW)
+    assert sim == (run.steps, run.accepted, run.drafted)
 
 
 def test_cache_after_commit_equals_token_by_token_cache():
