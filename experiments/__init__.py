@@ -4,15 +4,15 @@ An experiment module defines ``PRESETS`` (``smoke``/``cpu``/``pod`` -> config fa
 ``run(cfg, out_dir) -> list[Claim]``; a benchmark module defines ``main(argv)``. Modules are
 named here and imported lazily, so listing them costs nothing.
 """
-EXPERIMENTS = {
-    "lexinvariant": "jaxtok_experiments.lexinvariant",
+EXPERIMENTS = {  # the order `jaxtok reproduce` runs them in
     "lm": "jaxtok_experiments.lm",
     "lm-eval": "jaxtok_experiments.lm_eval",
-    "nar": "jaxtok_experiments.nar",
     "markov-tokenization": "jaxtok_experiments.markov_tokenization",
-    "kvcompress": "jaxtok_experiments.kvcompress",
+    "lexinvariant": "jaxtok_experiments.lexinvariant",
     "permutation": "jaxtok_experiments.permutation",
+    "nar": "jaxtok_experiments.nar",
     "speculative": "jaxtok_experiments.speculative",
+    "kvcompress": "jaxtok_experiments.kvcompress",
 }
 
 BENCHES = {
@@ -21,4 +21,5 @@ BENCHES = {
     "decode": "jaxtok_experiments.bench_decode",
     "kvcompress": "jaxtok_experiments.bench_kvcompress",
     "speculative": "jaxtok_experiments.bench_speculative",
+    "nar": "jaxtok_experiments.nar",
 }

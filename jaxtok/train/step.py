@@ -24,6 +24,8 @@ class TrainState:
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
+  if cfg.warmup_steps == cfg.steps:  # all warm-up: optax's cosine needs a non-empty decay
+    return optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
       decay_steps=cfg.steps, end_value=cfg.lr * cfg.min_lr_ratio)

@@ -68,3 +68,10 @@ def test_default_loss_is_the_next_token_cross_entropy():
   np.testing.assert_allclose(aux.nll_BxT, ref, rtol=1e-6)
   np.testing.assert_allclose(loss, (ref * batch["weights"]).sum() / batch["weights"].sum(),
                              rtol=1e-6)
+
+
+def test_a_schedule_that_is_all_warmup():
+  from jaxtok.train.step import lr_schedule
+  schedule = lr_schedule(TrainConfig(steps=10, lr=1e-2, warmup_steps=10))
+  np.testing.assert_allclose([float(schedule(0)), float(schedule(5)), float(schedule(10))],
+                             [0.0, 5e-3, 1e-2], rtol=1e-6)
