@@ -112,8 +112,8 @@ def start(graphdef: nnx.GraphDef, params, drafter, drafter_state, prompt_BxT, pr
   offset_BxT = jnp.arange(t, dtype=jnp.int32)[None, :]
   positions_BxT = jnp.where(offset_BxT < prompt_len_B[:, None], offset_BxT, -1)
   if drafter.prompt_logits:
-    # logits of the prompt's last W positions only: [T, V] logits of a large vocabulary cost
-    # more than the layers on a CPU
+    # logits of the prompt's last W positions only: [T, V] logits of a large vocabulary are a
+    # large share of the prefill's cost
     w = min(drafter.prompt_logits, t)
     at_BxW = prompt_len_B[:, None] - w + jnp.arange(w, dtype=jnp.int32)[None, :]
     out = forward(graphdef, params, prompt_BxT, positions_BxT, cache=cache, fresh_cache=True,
