@@ -21,8 +21,28 @@ def param(rngs: nnx.Rngs, shape, std: float, axes: tuple[str | None, ...]) -> nn
   return nnx.Param(init(rngs.params(), shape, jnp.float32), logical_axes=axes)
 
 
+# XLA:CPU lowers a bf16 product with fewer than 8 rows as convert-to-fp32 + an fp32
+# matrix-vector product (4-9x slower than fp32; scripts/bf16_dots.py); from 8 rows it runs a
+# bf16 (AMX) kernel, faster than fp32 even at 8. Batch-1 decoding pads its rows to 8.
+_MIN_BF16_ROWS = 8
+
+
+def pad_bf16_rows(x_NxD):
+  """Fewer than 8 bf16 rows padded with zeros to 8 (see _MIN_BF16_ROWS); else unchanged."""
+  n = x_NxD.shape[0]
+  if x_NxD.dtype != jnp.bfloat16 or n >= _MIN_BF16_ROWS:
+    return x_NxD
+  return jnp.pad(x_NxD, ((0, _MIN_BF16_ROWS - n), (0, 0)))
+
+
+def matmul(x_NxD, w_DxF, preferred_element_type=None):
+  """x @ w over 2-D rows, through the padded bf16 rows (sliced back to N)."""
+  out = jnp.dot(pad_bf16_rows(x_NxD), w_DxF, preferred_element_type=preferred_element_type)
+  return out[:x_NxD.shape[0]]
+
+
 def _project(x_NxD, w_DxHxDh):
-  return x_NxD @ w_DxHxDh.reshape(w_DxHxDh.shape[0], -1)
+  return matmul(x_NxD, w_DxHxDh.reshape(w_DxHxDh.shape[0], -1))
 
 
 class RMSNorm(nnx.Module):
@@ -51,9 +71,9 @@ class MLP(nnx.Module):
     # Rows flattened to [B*T, D]: 2-D matmuls (and their transposes in the backward pass) run
     # ~25% faster on XLA CPU than the same contraction written over (b, t).
     x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
-    gate_NxF = x_NxD @ self.w_gate[...].astype(dt)
-    up_NxF = x_NxD @ self.w_up[...].astype(dt)
-    out_NxD = (jax.nn.silu(gate_NxF) * up_NxF) @ self.w_down[...].astype(dt)
+    gate_NxF = matmul(x_NxD, self.w_gate[...].astype(dt))
+    up_NxF = matmul(x_NxD, self.w_up[...].astype(dt))
+    out_NxD = matmul(jax.nn.silu(gate_NxF) * up_NxF, self.w_down[...].astype(dt))
     return out_NxD.reshape(x_BxTxD.shape)
 
 
@@ -111,8 +131,8 @@ class Attention(nnx.Module):
       stats = attn_lib.slot_stats(q_BxTxHxDh, keys_BxKxSxDh, start_BxK, mask, pos_BxT >= 0,
                                   lse_BxTxH)
     h, dh = self.wo.shape[:2]
-    out_NxD = o_BxTxHxDh.astype(dt).reshape(b * t, h * dh) @ self.wo[...].astype(dt).reshape(
-        h * dh, d)
+    out_NxD = matmul(o_BxTxHxDh.astype(dt).reshape(b * t, h * dh),
+                     self.wo[...].astype(dt).reshape(h * dh, d))
     return LayerOutput(out_BxTxD=out_NxD.reshape(b, t, d), layer=written,
                        k_BxTxKxDh=k_BxTxKxDh, v_BxTxKxDh=v_BxTxKxDh, stats=stats)
 

@@ -17,7 +17,7 @@ from jaxtok.cache import KVCache
 from jaxtok.nn import masks
 from jaxtok.nn.attention import AttnStats
 from jaxtok.nn.config import ModelConfig
-from jaxtok.nn.layers import MLP, Attention, RMSNorm, param
+from jaxtok.nn.layers import MLP, Attention, RMSNorm, matmul, pad_bf16_rows, param
 from jaxtok.nn.rope import rope_angles
 
 
@@ -123,18 +123,27 @@ class Transformer(nnx.Module):
     if logits_at_BxN is not None:
       x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_at_BxN[..., None], axis=1)
     h_BxTxD = self.final_norm(x_BxTxD)
-    # Tied: contract with the [V, D] table directly (a transposed copy would be re-made per call).
-    logits = (jnp.einsum("btd,vd->btv", h_BxTxD, self.embed[...].astype(dt),
-                         preferred_element_type=jnp.float32) if cfg.tie_embeddings else
-              jnp.einsum("btd,dv->btv", h_BxTxD, self.unembed[...].astype(dt),
-                         preferred_element_type=jnp.float32))
-    extra = tuple(jnp.einsum("btd,dv->btv", h_BxTxD, w[...].astype(dt),
-                             preferred_element_type=jnp.float32) for w in self.extra_heads)
+    b_, n_ = h_BxTxD.shape[:2]
+    h_NxD = h_BxTxD.reshape(b_ * n_, -1)
+
+    def unembed(w_DxV):
+      return matmul(h_NxD, w_DxV, jnp.float32).reshape(b_, n_, -1)
+    # Tied: contract with the [V, D] table directly (a transposed copy would be re-made per
+    # call); matmul pads a batch-1 bf16 row to the 8 rows XLA:CPU runs as a bf16 kernel.
+    logits = (tied_logits(h_NxD, self.embed[...].astype(dt)).reshape(b_, n_, -1)
+              if cfg.tie_embeddings else unembed(self.unembed[...].astype(dt)))
+    extra = tuple(unembed(w[...].astype(dt)) for w in self.extra_heads)
     if cache is not None:
       cache = cache.replace(layers=tuple(a.layer for a in outs))
     return Output(logits=logits, extra_logits=extra, hidden=h_BxTxD if return_hidden else None,
                   cache=cache, kv=tuple((a.k_BxTxKxDh, a.v_BxTxKxDh) for a in outs),
                   stats=tuple(a.stats for a in outs) if return_stats else None)
+
+
+def tied_logits(h_NxD: Float[Array, "N D"], embed_VxD: Float[Array, "V D"]) -> Float[Array, "N V"]:
+  """fp32 logits h . E^T against the [V, D] table (rows padded for bf16 like ``matmul``)."""
+  return jnp.einsum("nd,vd->nv", pad_bf16_rows(h_NxD), embed_VxD,
+                    preferred_element_type=jnp.float32)[:h_NxD.shape[0]]
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
