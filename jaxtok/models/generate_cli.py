@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--speculate", default=None, metavar="tr|suffix|pld",
                  help="tree speculative decoding with this drafter (one prompt); prints MAT "
                       "and tokens/s")
+  p.add_argument("--kv-policy", default=None, metavar="NAME",
+                 help="greedy decoding under a KV budget kept by this jaxtok.kvcompress policy "
+                      "(h2o, tova, streaming_llm, snapkv, ...)")
+  p.add_argument("--kv-budget", type=int, default=256, help="--kv-policy: slots per kv head")
   return p
 
 
@@ -140,6 +144,8 @@ def _run(args) -> int:
   stop = [i for i in (tok.eos_id, tok.tokenizer.token_to_id("<|endoftext|>")) if i is not None]
   if args.speculate is not None:
     return _speculate(args, model, texts, ids, sampling, key)
+  if args.kv_policy is not None:
+    return _compressed(args, model, texts, ids)
   if len(ids) == 1 and not args.no_stream:
     sys.stdout.write(texts[0])
     sys.stdout.flush()
@@ -187,6 +193,28 @@ def _speculate(args, model, texts, ids, sampling, key) -> int:
   print(texts[0] + model.tokenizer.decode(out, skip_special_tokens=True))
   print(f"[{args.speculate}: {len(out)} tokens, MAT {r.mat:.2f}, {r.tokens_per_s:.1f} tok/s]",
         file=sys.stderr)
+  return 0
+
+
+def _compressed(args, model, texts, ids) -> int:
+  """Greedy generation while the policy keeps every (layer, kv head) at --kv-budget slots."""
+  from jaxtok import kvcompress
+  from jaxtok.kvcompress.decoding import generate
+
+  if len(ids) != 1:
+    raise ValueError("--kv-policy: expected exactly one --prompt")
+  if args.temperature:
+    raise ValueError("--kv-policy: greedy only (--temperature 0)")
+  tokens, info = generate(model.graphdef, model.params, np.asarray([ids[0]], np.int32),
+                          policy=kvcompress.make(args.kv_policy), budget_tokens=args.kv_budget,
+                          max_new_tokens=args.max_new_tokens,
+                          window=max(1, min(32, args.kv_budget // 2)))
+  out = [int(t) for t in tokens[0]]
+  if model.tokenizer.eos_id in out:
+    out = out[:out.index(model.tokenizer.eos_id) + 1]
+  print(texts[0] + model.tokenizer.decode(out, skip_special_tokens=True))
+  print(f"[{args.kv_policy}: budget {args.kv_budget} slots per head, prompt kept "
+        f"{info['prefill_kept_fraction']:.0%}, cache capacity {info['capacity']}]", file=sys.stderr)
   return 0
 
 
