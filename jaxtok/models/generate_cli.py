@@ -208,7 +208,7 @@ def _compressed(args, model, texts, ids) -> int:
   tokens, info = generate(model.graphdef, model.params, np.asarray([ids[0]], np.int32),
                           policy=kvcompress.make(args.kv_policy), budget_tokens=args.kv_budget,
                           max_new_tokens=args.max_new_tokens,
-                          window=max(1, min(32, args.kv_budget // 2)))
+                          window=max(1, min(32, args.kv_budget // 2, len(ids[0]) - 1)))
   out = [int(t) for t in tokens[0]]
   if model.tokenizer.eos_id in out:
     out = out[:out.index(model.tokenizer.eos_id) + 1]
