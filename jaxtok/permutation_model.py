@@ -27,13 +27,13 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+# Finite (jaxtok's one mask value): -inf inside where() gives NaN gradients once a row is fully
+# masked; exp of it underflows to exactly 0, which is what makes Lemma 1 hold bit for bit.
+from jaxtok_kernels.common import MASKED as _MASKED
+
 from jaxtok.config import require
 from jaxtok.permutation import read_rows, seq_len
 from jaxtok.train.losses import LossAux
-
-# Finite: -inf inside where() gives NaN gradients once a row is fully masked; exp of this
-# underflows to exactly 0, which is what makes Lemma 1 hold bit for bit.
-_MASKED = -1e30
 
 
 def widths(n: int, t: int, n_layers: int, n_heads: int) -> list[int]:
