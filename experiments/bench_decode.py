@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from jaxtok_experiments.torch_ref import run_json
 
 # Runs in the torch interpreter (which need not have jaxtok): argv[1] is a JSON job description.
 _TORCH_HELPER = r'''
@@ -138,14 +138,7 @@ def _torch_rows(args, batches, dtypes, python: str, vocab: int) -> dict:
   path = Path(args.model) if Path(args.model).exists() else registry.resolve(args.model)
   job = {"model": str(path.resolve()), "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
          "batches": batches, "dtypes": dtypes, "repeats": args.repeats, "vocab": vocab}
-  # Run from a neutral directory: `python -c` puts the cwd on sys.path, and this repo's kernels/
-  # folder would shadow the hub `kernels` package that transformers probes for.
-  proc = subprocess.run([python, "-c", _TORCH_HELPER, json.dumps(job)], capture_output=True,
-                        text=True, cwd=tempfile.gettempdir())
-  line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:")]
-  if proc.returncode or not line:
-    raise RuntimeError(f"transformers reference failed ({python}):\n{proc.stderr[-2000:]}")
-  return json.loads(line[-1][5:])
+  return run_json(python, _TORCH_HELPER, job)
 
 
 def _fmt(tok_s: float | None) -> str:

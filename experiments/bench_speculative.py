@@ -20,10 +20,10 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from jaxtok_experiments.torch_ref import run_json
 
 _TORCH_HELPER = r'''
 import json, sys, time
@@ -78,12 +78,7 @@ def _hf_rows(cfg, python: str) -> dict:
   path = Path(cfg.model) if Path(cfg.model).exists() else registry.resolve(cfg.model)
   job = {"model": str(path.resolve()), "prompts": exp.build_requests(cfg, tok),
          "new_tokens": cfg.new_tokens, "eos_id": eos, "pld_tokens": cfg.pld_nodes - 1}
-  proc = subprocess.run([python, "-c", _TORCH_HELPER, json.dumps(job)], capture_output=True,
-                        text=True, cwd=tempfile.gettempdir())
-  line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:")]
-  if proc.returncode or not line:
-    raise RuntimeError(f"transformers reference failed ({python}):\n{proc.stderr[-2000:]}")
-  return json.loads(line[-1][5:])
+  return run_json(python, _TORCH_HELPER, job)
 
 
 def main(argv: list[str] | None = None) -> int:

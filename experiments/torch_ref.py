@@ -1,0 +1,18 @@
+"""Run a transformers/PyTorch reference script in another Python (torch is never a jaxtok
+dependency) and read back the JSON it prints on a line starting with ``JSON:``."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+
+
+def run_json(python: str, script: str, job: dict) -> dict:
+  # Run from a neutral directory: `python -c` puts the cwd on sys.path, and this repo's kernels/
+  # folder would shadow the hub `kernels` package that transformers probes for.
+  proc = subprocess.run([python, "-c", script, json.dumps(job)], capture_output=True, text=True,
+                        cwd=tempfile.gettempdir())
+  line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:")]
+  if proc.returncode or not line:
+    raise RuntimeError(f"transformers reference failed ({python}):\n{proc.stderr[-2000:]}")
+  return json.loads(line[-1][5:])
