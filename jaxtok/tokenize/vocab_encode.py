@@ -119,46 +119,45 @@ class Vocabulary:
     return cls.from_json(obj)
 
 
+def _matches(trie: dict, symbols: list, i: int):
+  """(token id, end) of every vocabulary token that starts at position i, shortest first."""
+  node, j = trie, i
+  while j < len(symbols):
+    node = node.get(symbols[j])
+    if node is None:
+      return
+    j += 1
+    tid = node.get(None)
+    if tid is not None:
+      yield tid, j
+
+
 def greedy_encode(seq: np.ndarray, vocab: Vocabulary) -> np.ndarray:
   """Longest-prefix match left to right."""
-  trie, out, i, n = vocab.trie, [], 0, len(seq)
-  symbols = seq.tolist()
-  while i < n:
-    node, j, best, best_end = trie, i, -1, i
-    while j < n:
-      node = node.get(symbols[j])
-      if node is None:
-        break
-      j += 1
-      tid = node.get(None)
-      if tid is not None:
-        best, best_end = tid, j
-    if best < 0:
+  symbols, out, i = seq.tolist(), [], 0
+  while i < len(symbols):
+    best = None
+    for best in _matches(vocab.trie, symbols, i):
+      pass
+    if best is None:
       raise ValueError(f"data: symbol {symbols[i]} at position {i} is not in the vocabulary")
-    out.append(best)
-    i = best_end
+    out.append(best[0])
+    i = best[1]
   return np.asarray(out, np.int32)
 
 
 def min_count_encode(seq: np.ndarray, vocab: Vocabulary) -> np.ndarray:
   """Fewest tokens covering ``seq`` (ties: the earliest-found segmentation)."""
-  trie, n = vocab.trie, len(seq)
-  symbols = seq.tolist()
+  symbols, n = seq.tolist(), len(seq)
   inf = n + 1
   cost = [0] + [inf] * n
   back = [-1] * (n + 1)  # token id ending at position j on an optimal path
   for i in range(n):
     if cost[i] == inf:
       continue
-    c, node, j = cost[i] + 1, trie, i
-    while j < n:
-      node = node.get(symbols[j])
-      if node is None:
-        break
-      j += 1
-      tid = node.get(None)
-      if tid is not None and c < cost[j]:
-        cost[j], back[j] = c, tid
+    for tid, j in _matches(vocab.trie, symbols, i):
+      if cost[i] + 1 < cost[j]:
+        cost[j], back[j] = cost[i] + 1, tid
   if cost[n] == inf:
     raise ValueError("data: not encodable with this vocabulary (a symbol is missing)")
   out, j = [], n
