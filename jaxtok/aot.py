@@ -18,7 +18,6 @@ the path. This module holds the compiles and their reports only.
 from __future__ import annotations
 
 import os
-import re
 
 # HBM per chip (GiB), public spec sheets.
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
@@ -65,55 +64,140 @@ def report(result: dict, topology: str) -> str:
 
 
 def compile_decode(model: str, target: str, *, batch: int, prompt_len: int, new_tokens: int,
-                   dtype: str) -> dict:
-  """Compile ``decode.generate_on_device``'s loop for one device of `target`; memory and HLO facts."""
-  import jax
-  from flax import nnx
-
-  from jaxtok import decode, hlo
+                   dtype: str, speculate: str | None = None, tree_nodes: int | None = None) -> dict:
+  """Compile the generation loop of pretrained `model` for one device of `target`: plain
+  decoding (``decode.generate_on_device``) or, with ``speculate`` (a device drafter's name, e.g.
+  "tr"), the tree speculative loop (``speculative.loop.generate_on_device``, ``tree_nodes``
+  nodes per verify; default: the drafter's paper-sized tree). Memory and HLO facts."""
   from jaxtok.models import gguf_loader, registry
-  from jaxtok.nn.transformer import init_model
-  from jaxtok_kernels import common, targets
 
+  drafter = None if speculate is None else device_drafter(speculate, tree_nodes)
   path = registry.resolve(model) if not os.path.exists(model) else model
   meta, _ = gguf_loader.read_header(path)
   cfg = gguf_loader.config_from_metadata(meta, dtype=dtype, path=path, max_len=None)
-  capacity = prompt_len + new_tokens
+  result = compile_generation(cfg, target, batch=batch, prompt_len=prompt_len,
+                              new_tokens=new_tokens, drafter=drafter)
+  return {"model": model, **result}
+
+
+# The paper's static tree (Token Recycling arXiv 2408.08696 §3.2: 80 drafted nodes); the CPU
+# default of make_drafter (4 nodes) is tuned for a 2-core CPU, not for an accelerator.
+PAPER_TREE_NODES = {"tr": 80}
+
+
+def device_drafter(name: str, tree_nodes: int | None = None):
+  """The drafter ``name`` for an on-device loop; ValueError naming ``--speculate`` /
+  ``--tree-nodes`` for an unknown name, a host drafter or a bad node count."""
+  from jaxtok.config import require
+  from jaxtok.speculative.drafters import make_drafter
+
+  if tree_nodes is not None:
+    require(tree_nodes >= 2, "--tree-nodes", ">= 2 (the root and at least one draft)",
+            tree_nodes)
+  drafter = make_drafter(name, tree_nodes or PAPER_TREE_NODES.get(name))
+  if getattr(drafter, "host", False) or not hasattr(drafter, "propose"):
+    raise ValueError(f"--speculate: {name!r} drafts on the host between steps, so there is no "
+                     f"single on-device loop to compile; expected one of "
+                     f"{'|'.join(sorted(PAPER_TREE_NODES))}")
+  return drafter
+
+
+def compile_generation(cfg, target: str, *, batch: int, prompt_len: int, new_tokens: int,
+                       drafter=None) -> dict:
+  """Compile the generation loop of model config `cfg` with abstract weights for one device of
+  `target` ("cpu": this process's CPU, the dispatchers choosing the reference), and read the
+  program: memory, tree-attention kernel calls, copies of a layer's KV cache inside the loop.
+
+  ``drafter``: None for ``decode.generate_on_device``; a device drafter (static template tree)
+  for ``speculative.loop.generate_on_device`` with greedy verification.
+  """
+  import contextlib
+
+  import jax
+  from flax import nnx
+
+  from jaxtok import decode
+  from jaxtok.nn.transformer import init_model
+  from jaxtok_kernels import common, targets
+
+  n_nodes = 1 if drafter is None else drafter.n_nodes
+  if drafter is None:
+    capacity = prompt_len + new_tokens
+  else:
+    from jaxtok.speculative.loop import min_capacity
+    capacity = min_capacity(prompt_len, new_tokens, n_nodes)
   if capacity > cfg.max_len:
-    raise ValueError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens} exceeds the model "
-                     f"context {cfg.max_len}")
+    raise ValueError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens}"
+                     + (f" + a {n_nodes}-node tree" if drafter is not None else "")
+                     + f" needs {capacity} cache slots, more than the model context "
+                     f"{cfg.max_len}")
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: init_model(cfg)), nnx.Param)
-  ctx, sharding = targets.abstract_placement(target)
+  if target == "cpu":
+    ctx, sharding, family = contextlib.nullcontext(), None, "cpu"
+  else:
+    (ctx, sharding), family = targets.abstract_placement(target), targets.family(target)
 
   def place(x, dt=None):
     return jax.ShapeDtypeStruct(x.shape, dt or x.dtype, sharding=sharding)
   # Weights in the compute dtype, as load(dtype=...) stores them.
-  params = jax.tree.map(lambda x: place(x, dtype if x.dtype == "float32" else None), abstract)
+  params = jax.tree.map(lambda x: place(x, cfg.dtype if x.dtype == "float32" else None),
+                        abstract)
   prompt = jax.ShapeDtypeStruct((batch, prompt_len), "int32", sharding=sharding)
   lens = jax.ShapeDtypeStruct((batch,), "int32", sharding=sharding)
   key = place(jax.eval_shape(lambda: jax.random.key(0)))
-  with ctx, common.compile_for(targets.family(target)):
-    compiled = decode.generate_on_device.trace(
-        graphdef, params, prompt, lens, key, capacity=capacity,
-        max_new_tokens=new_tokens, sampling=decode.Sampling(), eos_id=None).lower().compile()
+  statics = dict(capacity=capacity, max_new_tokens=new_tokens, sampling=decode.Sampling(),
+                 eos_id=None)
+  with ctx, common.compile_for(family):
+    if drafter is None:
+      traced = decode.generate_on_device.trace(graphdef, params, prompt, lens, key, **statics)
+    else:
+      from jaxtok.speculative import loop
+      state = jax.tree.map(place, jax.eval_shape(lambda: drafter.init(cfg.vocab_size)))
+      traced = loop.generate_on_device.trace(graphdef, params, drafter, state, prompt, lens,
+                                             key, **statics)
+    compiled = traced.lower().compile()
+  cache_shape = (batch, cfg.kv_heads, capacity, cfg.dh)
+  return {"target": target, "cfg": cfg, "cache_shape": cache_shape,
+          "speculate": None if drafter is None else type(drafter).__name__,
+          "tree_nodes": n_nodes, **program_facts(compiled, cfg.dtype, cache_shape)}
+
+
+_KERNEL = r"tree_attention_(?:tpu|gpu)"  # the Pallas entry points' names
+
+
+def program_facts(compiled, dtype: str, cache_shape: tuple[int, ...]) -> dict:
+  """What a compiled generation loop must show: its memory, the tree-attention Pallas kernel's
+  calls, and the copies of a `dtype[cache_shape]` layer cache inside any while-loop body (one
+  would cost a full pass over the cache per layer per step)."""
+  from jaxtok import hlo
+
   text = compiled.as_text()
   mem = compiled.memory_analysis()
-  cache_shape = (batch, cfg.kv_heads, capacity, cfg.dh)
-  cache_dtype = {"float32": "f32", "bfloat16": "bf16"}[dtype]
-  return {"model": model, "target": target, "cfg": cfg, "cache_shape": cache_shape,
-          "argument_bytes": mem.argument_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
-          "kernel_calls": len(re.findall(r"tree_attention_(?:tpu|gpu)", text)),
-          "loop_cache_copies": len(hlo.copies_of(hlo.while_body_lines(text), cache_dtype,
-                                                 cache_shape))}
+  cache_dtype = {"float32": "f32", "bfloat16": "bf16"}[str(dtype)]
+  body = hlo.while_body_lines(text)
+  return {"argument_bytes": mem.argument_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
+          "kernel_calls": len(hlo.custom_calls_named(text.splitlines(), _KERNEL)),
+          "loop_kernel_calls": len(hlo.custom_calls_named(body, _KERNEL)),
+          "loop_cache_copies": len(hlo.copies_of(body, cache_dtype, cache_shape))}
+
+
+def passes(r: dict) -> bool:
+  """The gate of ``jaxtok aot --decode``: the tree-attention kernel is called in the loop step
+  (decode / verify) and no loop step copies a layer's KV cache."""
+  return bool(r["loop_kernel_calls"]) and not r["loop_cache_copies"]
 
 
 def decode_report(r: dict) -> str:
   gib = 2**30
   cfg = r["cfg"]
+  step = "decode step" if r.get("speculate") is None else "verify step"
+  loop = ("" if r.get("speculate") is None
+          else f"; speculative loop: {r['speculate']}, {r['tree_nodes']}-node tree")
   return "\n".join([
-      f"{r['model']} on {r['target']}: {cfg.n_layers} layers, d={cfg.d_model}, "
-      f"{cfg.n_heads}/{cfg.kv_heads} heads, {cfg.dtype}; cache per layer {r['cache_shape']}",
+      f"{r.get('model', 'model')} on {r['target']}: {cfg.n_layers} layers, d={cfg.d_model}, "
+      f"{cfg.n_heads}/{cfg.kv_heads} heads, {cfg.dtype}; cache per layer {r['cache_shape']}{loop}",
       f"memory: arguments {r['argument_bytes'] / gib:.3f} GiB, temporaries "
       f"{r['temp_bytes'] / gib:.3f} GiB",
-      f"tree-attention kernel in the program: {'yes' if r['kernel_calls'] else 'NO'}; "
-      f"KV-cache copies per decode step: {r['loop_cache_copies']}"])
+      f"tree-attention kernel in the program: {'yes' if r['kernel_calls'] else 'NO'} "
+      f"({r['loop_kernel_calls']} calls per {step}); "
+      f"KV-cache copies per {step}: {r['loop_cache_copies']}"])

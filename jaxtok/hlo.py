@@ -25,3 +25,9 @@ def copies_of(lines: list[str], dtype: str, shape: tuple[int, ...]) -> list[str]
   """The `copy` instructions among `lines` whose result is a `dtype[shape]` array."""
   array = re.escape(f"{dtype}[{','.join(map(str, shape))}]")
   return [ln for ln in lines if re.search(array + r"\{[^}]*\} copy\(", ln)]
+
+
+def custom_calls_named(lines: list[str], pattern: str) -> list[str]:
+  """The `custom-call` instructions among `lines` that mention `pattern` (a regex): a Pallas
+  kernel's call carries its name in the instruction name (Mosaic) or its metadata (Triton)."""
+  return [ln for ln in lines if " custom-call(" in ln and re.search(pattern, ln)]
