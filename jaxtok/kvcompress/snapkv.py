@@ -3,8 +3,15 @@
 Score of slot j = the attention mass it received from the observation window (the prompt's last
 ``obs.window_size`` queries, summed over the query heads of each kv head - the GQA aggregation
 of §4), pooled along the sequence (kernel ``kernel``, max or average: §3.2's clustering, so a
-kept token brings its neighbours); the window itself is always kept. Defaults: kernel 7, max
-pool (SentenceKV's LongBench script); kvpress uses average pooling, kernel 5.
+kept token brings its neighbours); the window itself is always kept. The pooling runs over the
+slots before the window only (the window's own votes are padding: zero for the average, -inf
+for the max), as the official SnapKV code (``attn_weights_sum[..., :-window_size]``) and
+kvpress's ``SnapKVPress`` do, so the window's large self-attention never leaks into the scores
+of the last slots before it. Defaults: kernel 7, max pool (SentenceKV's LongBench script);
+kvpress uses average pooling (zero padding counted), kernel 5 - ``SnapKV(kernel=5,
+pool_kind="avg")`` matches it slot for slot (tests/kvcompress/test_kvpress_parity.py).
+Ranking is unchanged by summing (ours) instead of averaging (kvpress) over window queries and
+the query heads of a kv head: both are positive multiples of the same per-head sums.
 """
 from __future__ import annotations
 
@@ -45,7 +52,9 @@ class SnapKV(Policy):
     if obs.window is None:
       raise ValueError(f"{self.name}: the observation has no window statistics (use "
                        "jaxtok.kvcompress.observe with window > 0)")
-    votes = jnp.where(valid_slots(layer), obs.window[l].sum_BxKxS, 0.0)
+    window_BxKxS = recent_mask(layer, obs.window_size)
+    pad = -jnp.inf if self.pool_kind == "max" else 0.0
+    votes = jnp.where(valid_slots(layer) & ~window_BxKxS, obs.window[l].sum_BxKxS, pad)
     return pool(votes, self.kernel, self.pool_kind)
 
   def score(self, layer, obs, l, budget_BxK):

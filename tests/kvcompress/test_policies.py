@@ -192,7 +192,8 @@ def test_hand_worked_scores():
   assert keep(kc.H2O()) == [[0, 7], [5, 7]]
   assert keep(kc.H2O(recent_fraction=0.0)) == [[0, 3], [1, 5]]
   # TOVA: mean over heads of the last query -> [2.5, .5, 0, 1.5, 0, 2, .5, 0]
-  assert keep(kc.TOVA()) == [[0, 5], [0, 5]]
+  assert keep(kc.TOVA(keep_last=False)) == [[0, 5], [0, 5]]
+  assert keep(kc.TOVA()) == [[0, 7], [0, 7]]  # kvpress's rule: the newest slot always kept
   # SnapKV kernel 3 max-pool of the window votes, window slot 7 protected
   assert keep(kc.SnapKV(kernel=3)) == [[0, 7], [4, 7]]
   assert keep(kc.SnapKV(kernel=1), jnp.array([[3, 3]])) == [[0, 3, 7], [1, 5, 7]]
