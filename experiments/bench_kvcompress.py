@@ -8,8 +8,14 @@ bytes of both. One JSON row per case (DESIGN.md decision 11: ratios measured sid
 run). The compressed cache is really smaller (``kvcompress.resize``), so its decode attends to
 budget + n slots instead of prompt + n.
 
-kvpress side by side (issue 10 item 6) needs torch + kvpress, which are not installed here: the
-bench says so and runs the jaxtok side only.
+kvpress side by side (issue 10 item 6): with ``--torch-python PATH`` (a Python with torch +
+transformers + kvpress; torch is never a jaxtok dependency) the same weights (the GGUF jaxtok
+loads, dequantised to fp32 by transformers) and the same tokens run through kvpress's press
+for the policy (StreamingLLM, SnapKV, PyramidKV, TOVA, KNorm), and each row gains kvpress's
+plain prefill time, its prefill-with-press time (kvpress compresses inside the prefill's
+forward hooks, so its compression step's cost is the difference) and its decode tokens/s on the
+compressed cache. ``kvpress_side`` (also used by the ``kvcompress`` experiment for passkey
+accuracy and ΔPPL) is the one entry point to that helper.
 
   jaxtok bench kvcompress                       # prompt 2048 and 8192, batch 1 and 8
   jaxtok bench kvcompress --quick               # prompt 1024, batch 1, budget 10%
@@ -28,6 +34,128 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# kvpress presses by jaxtok policy name; SnapKV/PyramidKV with kvpress's defaults except the
+# window (the caller's), which jaxtok's SnapKV(kernel=5, pool_kind="avg") matches slot for slot.
+KVPRESS_POLICIES = ("streaming_llm", "snapkv", "pyramidkv", "tova", "knorm")
+
+_KVPRESS_HELPER = r'''
+import json, sys, time
+from pathlib import Path
+import torch, transformers
+from transformers import AutoModelForCausalLM, DynamicCache
+import kvpress
+transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+torch.set_grad_enabled(False)
+job = json.loads(sys.argv[1])
+path = Path(job["gguf"])
+model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                             dtype=torch.float32).eval()
+W, KS, SINKS = job["window"], job.get("kernel", 5), job.get("sinks", 4)
+
+def make(name, n_kept, k_len):
+  if name == "full":
+    return None
+  # kvpress keeps max(1, int(k_len * (1 - ratio))): half a token of slack makes that n_kept
+  r = 1.0 - (n_kept + 0.5) / k_len
+  return {"streaming_llm": lambda: kvpress.StreamingLLMPress(compression_ratio=r, n_sink=SINKS),
+          "snapkv": lambda: kvpress.SnapKVPress(compression_ratio=r, window_size=W,
+                                                kernel_size=KS),
+          "pyramidkv": lambda: kvpress.PyramidKVPress(compression_ratio=r, window_size=W,
+                                                      kernel_size=KS),
+          "tova": lambda: kvpress.TOVAPress(compression_ratio=r),
+          "knorm": lambda: kvpress.KnormPress(compression_ratio=r)}[name]()
+
+def prefill(ids, press):
+  cache = DynamicCache()
+  if press is None:
+    out = model(ids, past_key_values=cache, logits_to_keep=1)
+  else:
+    with press(model):
+      out = model(ids, past_key_values=cache, logits_to_keep=1)
+  return out.logits[:, -1], cache
+
+def kept(cache):
+  return sum(l.keys.shape[2] for l in cache.layers) / len(cache.layers)
+
+def greedy(logits, cache, pos, n):
+  # as kvpress's pipeline: explicit position ids continue from the uncompressed length
+  toks = []
+  for i in range(n):
+    tok = logits.argmax(-1)
+    toks.append(tok)
+    if i + 1 < n:
+      p = torch.full((tok.shape[0], 1), pos + i, dtype=torch.long)
+      logits = model(tok[:, None], past_key_values=cache, position_ids=p).logits[:, -1]
+  return torch.stack(toks, 1).tolist()
+
+res = {"passkey": [], "ppl": [], "timing": []}
+pk = job.get("passkey")
+if pk:
+  ctx = torch.tensor(pk["ctx"]); q = torch.tensor(pk["question"])[None].expand(ctx.shape[0], -1)
+  n, nq = ctx.shape[1], q.shape[1]
+  for name, proto, n_kept in pk["cases"]:
+    if proto == "agnostic":
+      logits, cache = prefill(ctx, make(name, n_kept, n))
+      kf = kept(cache) / n
+      p = torch.arange(n, n + nq)[None].expand(ctx.shape[0], -1)
+      logits = model(q, past_key_values=cache, position_ids=p).logits[:, -1]
+    else:
+      logits, cache = prefill(torch.cat([ctx, q], 1), make(name, n_kept, n + nq))
+      kf = kept(cache) / (n + nq)
+    toks = greedy(logits, cache, n + nq, pk["answer_tokens"])
+    res["passkey"].append({"policy": name, "protocol": proto, "n_kept": n_kept,
+                           "kept_fraction": kf, "tokens": toks})
+pp = job.get("ppl")
+if pp:
+  first = torch.tensor(pp["first"]); rest = torch.tensor(pp["rest"])
+  h, m = first.shape[1], rest.shape[1]
+  for name, n_kept in pp["cases"]:
+    logits, cache = prefill(first, make(name, n_kept, h))
+    p = torch.arange(h, h + m - 1)[None].expand(first.shape[0], -1)
+    out = model(rest[:, :-1], past_key_values=cache, position_ids=p).logits
+    lg = torch.cat([logits[:, None], out], 1).log_softmax(-1)
+    nll = -lg.gather(-1, rest[..., None]).mean().item()
+    res["ppl"].append({"policy": name, "n_kept": n_kept, "nll": nll})
+tm = job.get("timing")
+if tm:
+  ids = torch.tensor(tm["tokens"])
+  b, n = ids.shape
+  def best(fn):
+    fn()
+    t = float("inf")
+    for _ in range(tm.get("repeats", 2)):
+      t0 = time.perf_counter(); out = fn(); t = min(t, time.perf_counter() - t0)
+    return t, out
+  for name, n_kept in tm["cases"]:
+    s, (logits, cache) = best(lambda: prefill(ids, make(name, n_kept, n)))
+    row = {"policy": name, "n_kept": n_kept, "prefill_s": s}
+    nd = tm.get("new_tokens", 0)
+    if nd > 1:
+      # decode rate on copies of this cache: n steps minus one step, as the jaxtok side
+      import copy
+      def dec(k):
+        c = copy.deepcopy(cache); t0 = time.perf_counter(); greedy(logits, c, n, k)
+        return time.perf_counter() - t0
+      dec(2)
+      t1 = min(dec(1) for _ in range(2)); tn = min(dec(nd) for _ in range(2))
+      row["decode_tok_s"] = b * (nd - 1) / (tn - t1) if tn > t1 else float("nan")
+    res["timing"].append(row)
+print("JSON:" + json.dumps(res))
+'''
+
+
+def kvpress_side(python: str, job: dict) -> dict:
+  """Runs kvpress on the same GGUF weights and tokens (the ``_KVPRESS_HELPER`` job: ``window``,
+  optional ``passkey`` {ctx, question, answer_tokens, cases [(policy, protocol, n_kept)]},
+  ``ppl`` {first, rest, cases [(policy, n_kept)]}, ``timing`` {tokens, repeats, new_tokens,
+  cases [(policy, n_kept)]}; policy "full" = no press). Returns the helper's JSON."""
+  from jaxtok.models import registry
+  from jaxtok_experiments.torch_ref import run_json
+  return run_json(python, _KVPRESS_HELPER, {"gguf": str(registry.resolve("smollm2-135m")),
+                                            **job})
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxtok bench kvcompress", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--quick", action="store_true")
   p.add_argument("--json", type=Path, default=None, help="write the rows here")
+  p.add_argument("--torch-python", default=None, help="a Python with torch + transformers + "
+                 "kvpress: run kvpress side by side on the same weights and tokens")
   return p
 
 
@@ -112,6 +242,7 @@ def run_case(cfg, graphdef, params, policy, prompt_len, batch, ratios, *, window
     compress_s, small = _best(lambda: comp(cache, obs.replace(prompt_len=0), arrays), repeats)
     rate = decode_rate(small, logits)
     rows.append({"prompt_len": prompt_len, "batch": batch, "policy": policy.name,
+                 "vocab_size": cfg.vocab_size,
                  "budget_fraction": r, "budget_tokens": b_tok, "prefill_s": prefill_s,
                  "observe_prefill_s": observe_s, "compress_s": compress_s,
                  "compress_over_prefill": compress_s / prefill_s,
@@ -121,6 +252,23 @@ def run_case(cfg, graphdef, params, policy, prompt_len, batch, ratios, *, window
                  "cache_bytes_compressed": kc.cache_bytes(small),
                  "cache_bytes_ratio": kc.cache_bytes(small) / full_bytes})
   return rows
+
+
+def _add_kvpress(python, rows, prompt_len, batch, *, window, new_tokens, repeats):
+  """kvpress on the same tokens (``run_case``'s seeded ids) and budgets: prefill with and
+  without the press, decode tokens/s on the full and the compressed cache."""
+  tokens = np.asarray(jax.random.randint(jax.random.key(0), (batch, prompt_len), 0,
+                                         rows[0]["vocab_size"]))
+  cases = [["full", prompt_len]] + [[r["policy"], r["budget_tokens"]] for r in rows]
+  out = kvpress_side(python, {"window": window, "timing": {
+      "tokens": tokens.tolist(), "repeats": repeats, "new_tokens": new_tokens,
+      "cases": cases}})["timing"]
+  full = out[0]
+  for row, kp in zip(rows, out[1:]):
+    row.update({"kvpress_plain_prefill_s": full["prefill_s"], "kvpress_prefill_s": kp["prefill_s"],
+                "kvpress_overhead": kp["prefill_s"] / full["prefill_s"] - 1.0,
+                "kvpress_decode_tok_s_full": full.get("decode_tok_s"),
+                "kvpress_decode_tok_s_compressed": kp.get("decode_tok_s")})
 
 
 def main(argv=None) -> int:
@@ -133,21 +281,39 @@ def main(argv=None) -> int:
   ratios = [float(x) for x in args.budgets.split(",")]
   policy = kc.make(args.policy)
   cfg, graphdef, params = _load(args.model)
-  if importlib.util.find_spec("kvpress") is None or importlib.util.find_spec("torch") is None:
-    print("kvpress side by side: torch/kvpress not importable here; jaxtok side only")
+  torch_python = args.torch_python
+  if torch_python is None and importlib.util.find_spec("kvpress") and importlib.util.find_spec(
+      "torch"):
+    import sys
+    torch_python = sys.executable
+  if torch_python is None:
+    print("kvpress side by side: no --torch-python and torch/kvpress not importable here; "
+          "jaxtok side only")
+  elif policy.name not in KVPRESS_POLICIES:
+    print(f"kvpress side by side: kvpress has no {policy.name}; jaxtok side only")
+    torch_python = None
   rows = []
   hdr = (f"{'prompt':>6} {'B':>2} {'kept':>5} {'prefill s':>9} {'+obs+comp':>9} "
          f"{'full tok/s':>10} {'comp tok/s':>10} {'speedup':>7} {'bytes':>6}")
   print(hdr)
   for p in lens:
     for b in batches:
-      for row in run_case(cfg, graphdef, params, policy, p, b, ratios, window=args.window,
-                          new_tokens=args.new_tokens, repeats=args.repeats):
+      case_rows = run_case(cfg, graphdef, params, policy, p, b, ratios, window=args.window,
+                           new_tokens=args.new_tokens, repeats=args.repeats)
+      if torch_python:
+        _add_kvpress(torch_python, case_rows, p, b, window=args.window,
+                     new_tokens=args.new_tokens, repeats=args.repeats)
+      for row in case_rows:
         rows.append(row)
         print(f"{p:>6} {b:>2} {row['budget_fraction']:>5.0%} {row['prefill_s']:>9.3f} "
               f"{row['observe_overhead']:>9.1%} {row['decode_tok_s_full']:>10.1f} "
               f"{row['decode_tok_s_compressed']:>10.1f} {row['decode_speedup']:>7.2f} "
               f"{row['cache_bytes_ratio']:>6.1%}", flush=True)
+        if "kvpress_prefill_s" in row:
+          print(f"{'':>6} {'':>2} kvpress: prefill {row['kvpress_plain_prefill_s']:.3f} s, with "
+                f"press {row['kvpress_prefill_s']:.3f} s ({row['kvpress_overhead']:+.1%}), "
+                f"decode full {row['kvpress_decode_tok_s_full']:.1f} tok/s, compressed "
+                f"{row['kvpress_decode_tok_s_compressed']:.1f}", flush=True)
         print("JSON:" + json.dumps(row), flush=True)
   if args.json:
     args.json.write_text(json.dumps(rows, indent=2))

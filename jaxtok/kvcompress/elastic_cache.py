@@ -8,6 +8,7 @@ keys and values; the paper's plain mean when every slot holds one token).
 Generation stage, §3.4 "distance with offset": when over budget, the slots just before the last
 ``-distance`` ones are evicted (the prompt's anchors and a recent FIFO window stay).
 Plain top-k by importance; the released code's argsort-vs-count quirk is not ported.
+``merge=False`` is the ablation: the same anchors, every other slot evicted (no merging).
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class ElasticCache(Policy):
   name = "elastic_cache"
   start: int = 4
   distance: int = -25
+  merge: bool = True  # False: evict the non-anchors instead of merging them (ablation)
 
   def __post_init__(self):
     require(self.start >= 0, "start", ">= 0", self.start)
@@ -67,6 +69,8 @@ class ElasticCache(Policy):
 
   def plan(self, layer, obs, l, budget_BxK):
     plan = top_plan(self.score(layer, obs, l, budget_BxK), layer, budget_BxK)
+    if not self.merge:
+      return plan
     dest = jnp.where(valid_slots(layer), nearest_kept(plan, layer.pos), layer.capacity)
     kept = plan.dest_BxKxS < layer.capacity
     return plan.replace(dest_BxKxS=jnp.where(kept, plan.dest_BxKxS, dest))
