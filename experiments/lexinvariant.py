@@ -8,10 +8,13 @@
 (c) In-context deciphering: a linear (ridge) probe from the frozen lexinvariant model's hidden
     states (every layer's attention values and the final hidden state) to the plaintext symbol of
     substitution-ciphered Markov text, accuracy by position against the Bayes MAP accuracy.
-Both LMs train through the one train step (``jaxtok.train.loop.train``); the lexinvariant one
-only hands it ``jaxtok.lexinvariant.lexinvariant_loss``. Not built here: the issue's parts (d)
-(unseen-symbol lookup) and (e) (semi-lexinvariant regulariser run); the library has the
-semi-lexinvariant loss (``p < 1``).
+(d) In-context key -> value lookup (``jaxtok.lexinvariant_tasks``): standard, lexinvariant and
+    semi-lexinvariant LMs train on one symbol pool and are tested on it and on a disjoint pool
+    of ids never seen in training (the paper's "reasoning over unseen symbols", Sec. 5).
+(e) The semi-lexinvariant regulariser (p=0.2, paper Sec. 6): its loss cost against the standard
+    LM on the code corpus, and its gain on (d)'s unseen symbols.
+Every LM trains through the one train step (``jaxtok.train.loop.train``); the (semi-)
+lexinvariant ones only hand it ``jaxtok.lexinvariant.lexinvariant_loss``.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtok import lexinvariant as lex
+from jaxtok import lexinvariant_tasks as tasks
 from jaxtok.config import require, to_dict
 from jaxtok.data import stdlib
 from jaxtok.data.pipeline import fixed_batches
@@ -56,6 +60,29 @@ class PartConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class LookupConfig:
+  """Part (d): key -> value lookup over ``vocab_size`` ids, the last ``n_heldout`` never trained."""
+  vocab_size: int = 48
+  n_heldout: int = 16
+  n_pairs: int = 8
+  n_queries: int = 4
+  batch_size: int = 64
+  steps: int = 600
+  lr: float = 3e-3
+  warmup_steps: int = 20
+  test_seqs: int = 256  # per pool (seen / held-out); n_queries answers each
+
+  def __post_init__(self):
+    for name in ("batch_size", "steps", "test_seqs"):
+      require(getattr(self, name) > 0, f"lookup.{name}", "a positive integer",
+              getattr(self, name))
+    require(2 * self.n_pairs <= self.n_heldout, "lookup.n_heldout",
+            f">= 2 n_pairs = {2 * self.n_pairs} (a held-out test draws all its symbols there)",
+            self.n_heldout)
+    tasks.symbol_split(self.vocab_size, self.n_heldout)  # raises on a bad split
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
   d_model: int = 64
   n_layers: int = 2
@@ -71,6 +98,8 @@ class Config:
   chain_seed: int = 0
   markov: PartConfig
   code: PartConfig
+  lookup: LookupConfig = LookupConfig()
+  semi_p: float = 0.2  # (e): probability a token type uses a random row (paper: 0.2)
   max_train_bytes: int = 2_000_000
   max_val_bytes: int = 200_000
   probe_train_seqs: int = 256
@@ -84,6 +113,8 @@ class Config:
             f"in [2, {lex.BAYES_MAX_VOCAB}] (exact Bayes enumerates V! relabellings)",
             self.markov_vocab)
     require(self.table_scale > 0, "table_scale", "> 0", self.table_scale)
+    require(0 < self.semi_p < 1, "semi_p", "in (0, 1) (0: standard, 1: lexinvariant)",
+            self.semi_p)
     require(self.probe_train_seqs > 0 and self.probe_test_seqs > 0, "probe_*_seqs",
             "positive", (self.probe_train_seqs, self.probe_test_seqs))
 
@@ -92,6 +123,8 @@ def smoke() -> Config:
   return Config(d_model=32, n_layers=1, d_ff=64, table_scale=1 / 32,
                 markov=PartConfig(seq_len=32, batch_size=8, steps=30, val_batches=1),
                 code=PartConfig(seq_len=32, batch_size=8, steps=30, val_batches=1),
+                lookup=LookupConfig(vocab_size=24, n_heldout=8, n_pairs=4, n_queries=2,
+                                    batch_size=8, steps=30, test_seqs=16),
                 max_train_bytes=200_000, max_val_bytes=20_000, probe_train_seqs=16,
                 probe_test_seqs=8, mesh=MeshConfig(data=1))
 
@@ -124,26 +157,42 @@ def _model_cfg(cfg: Config, vocab: int, seq_len: int, lexinvariant: bool) -> Mod
       ModelConfig(**kw)
 
 
+def _train_model(cfg: Config, name: str, mcfg: ModelConfig, p: float | None, *, steps: int,
+                 lr: float, warmup: int, batch_size: int, train_source, val, out_dir: Path,
+                 resume: bool) -> dict:
+  """One LM through the one train loop: ``p=None`` standard (``next_token_loss``), else the
+  (semi-)lexinvariant loss with that random-row probability."""
+  tcfg = TrainConfig(steps=steps, lr=lr, warmup_steps=min(warmup, steps),
+                     eval_every=max(steps // 4, 1), log_every=10, progress=cfg.progress)
+  kw = {} if p is None else {"loss_fn": lex.lexinvariant_loss(mcfg, scale=cfg.table_scale, p=p)}
+  run = train(mcfg, tcfg, cfg.mesh, train_source=lex.Indexed(train_source), val_batches=val,
+              batch_size=batch_size, out_dir=out_dir / name, resume=resume,
+              config_dict={"experiment": to_dict(cfg), "model": name},
+              example_fn=lex.to_indexed_lm_example, **kw)
+  return {"model_cfg": mcfg, "p": p, "params": run["state"].params,
+          "graphdef": run["setup"].graphdef, "history": run["history"],
+          "loss_per_position": np.asarray(run["final"]["loss_per_position"]),
+          "loss": run["final"]["loss"]}
+
+
+MODELS = {"standard": None, "lexinvariant": 1.0}  # name -> p (None: standard LM)
+
+
 def _train_pair(cfg: Config, part: PartConfig, vocab: int, train_source, val_source,
-                out_dir: Path, resume: bool) -> dict:
-  """Standard and lexinvariant LMs on the same data and schedule; per-position val losses."""
+                out_dir: Path, resume: bool, models=MODELS) -> dict:
+  """Standard and (semi-)lexinvariant LMs on the same data and schedule; per-position val
+  losses."""
   val = fixed_batches(lex.Indexed(val_source), part.batch_size, part.val_batches,
                       example_fn=lex.to_indexed_lm_example)
   out = {"val": val}
-  for name, lexinv in (("standard", False), ("lexinvariant", True)):
-    steps = part.steps if lexinv or not part.standard_steps else part.standard_steps
-    tcfg = TrainConfig(steps=steps, lr=part.lr, warmup_steps=min(part.warmup_steps, steps),
-                       eval_every=max(steps // 4, 1), log_every=10, progress=cfg.progress)
-    mcfg = _model_cfg(cfg, vocab, part.seq_len, lexinv)
-    kw = {"loss_fn": lex.lexinvariant_loss(mcfg, scale=cfg.table_scale)} if lexinv else {}
-    run = train(mcfg, tcfg, cfg.mesh, train_source=lex.Indexed(train_source), val_batches=val,
-                batch_size=part.batch_size, out_dir=out_dir / name, resume=resume,
-                config_dict={"experiment": to_dict(cfg), "model": name},
-                example_fn=lex.to_indexed_lm_example, **kw)
-    out[name] = {"model_cfg": mcfg, "params": run["state"].params,
-                 "graphdef": run["setup"].graphdef, "history": run["history"],
-                 "loss_per_position": np.asarray(run["final"]["loss_per_position"]),
-                 "loss": run["final"]["loss"]}
+  for name, p in models.items():
+    # Only the lexinvariant LM gets the longer schedule; the semi-lexinvariant one is compared
+    # with the standard LM at the standard LM's steps.
+    steps = part.standard_steps if p != 1.0 and part.standard_steps else part.steps
+    out[name] = _train_model(cfg, name, _model_cfg(cfg, vocab, part.seq_len, p is not None), p,
+                             steps=steps, lr=part.lr, warmup=part.warmup_steps,
+                             batch_size=part.batch_size, train_source=train_source, val=val,
+                             out_dir=out_dir, resume=resume)
   return out
 
 
@@ -203,6 +252,65 @@ def _decipher(cfg: Config, pair: dict, chain: MarkovChainSource) -> dict:
   return out
 
 
+# --------------------------------------------------------------------------- lookup (d), (e)
+def _logits_fn(cfg: Config, m: dict, p: float | None):
+  """Jitted batch -> logits of a trained model (tables drawn from the key, as in its loss)."""
+  gd, params, mcfg = m["graphdef"], m["params"], m["model_cfg"]
+  if p is None:
+    return jax.jit(lambda b, key: forward(gd, params, b["inputs"],
+                                          default_positions(*b["inputs"].shape)).logits)
+  return jax.jit(lambda b, key: lex.sequence_logits(mcfg, gd, params, b, key,
+                                                    scale=cfg.table_scale, p=p)[0])
+
+
+def _accuracy(logits_fn, batches) -> float:
+  hits = [tasks.answer_accuracy(logits_fn(b, jax.random.PRNGKey(1000 + i)), b["targets"],
+                                b["weights"]) for i, b in enumerate(batches)]
+  return float(np.mean(hits))  # equal batches, equal answers per batch
+
+
+def _lookup(cfg: Config, out_dir: Path, resume: bool) -> dict:
+  """(d) + (e): three LMs on one pool; answer accuracy on it and on the held-out pool."""
+  lk = cfg.lookup
+  seen, unseen = tasks.symbol_split(lk.vocab_size, lk.n_heldout)
+  src = lambda pool, seed: tasks.KeyValueLookupSource(pool, lk.n_pairs, lk.n_queries, seed=seed)
+  n_batches = max(lk.test_seqs // lk.batch_size, 1)
+  fixed = lambda s_: fixed_batches(lex.Indexed(s_), lk.batch_size, n_batches,
+                                   example_fn=lex.to_indexed_lm_example)
+  train_src = src(seen, 10)
+  tests = {"seen": fixed(src(seen, 11)), "unseen": fixed(src(unseen, 12))}
+  out = {"models": {}}
+  for name, p in (*MODELS.items(), ("semi_lexinvariant", cfg.semi_p)):
+    m = _train_model(cfg, name, _model_cfg(cfg, lk.vocab_size, train_src.seq_len, p is not None),
+                     p, steps=lk.steps, lr=lk.lr, warmup=lk.warmup_steps,
+                     batch_size=lk.batch_size, train_source=train_src, val=tests["seen"],
+                     out_dir=out_dir, resume=resume)
+    evals = {name: p} if p is None or p == 1.0 else {name: p, f"{name}_learned_rows": 0.0}
+    for label, p_eval in evals.items():  # semi-lex also scored on its learned rows alone
+      fn = _logits_fn(cfg, m, p_eval)
+      out["models"][label] = {pool: _accuracy(fn, b) for pool, b in tests.items()}
+  out["answers_per_pool"] = n_batches * lk.batch_size * lk.n_queries
+  return out
+
+
+def _plot_lookup(acc: dict, path: Path, chance: float) -> None:
+  fig, ax = plots.plt.subplots(figsize=(7, 4))
+  names = list(acc)
+  x = np.arange(len(names))
+  for k, pool in enumerate(("seen", "unseen")):
+    ax.bar(x + (k - 0.5) * 0.38, [acc[n][pool] for n in names], 0.38,
+           label=f"{pool} symbols")
+  ax.axhline(chance, color="gray", ls="--", lw=1, label="1 / n_pairs")
+  ax.set_xticks(x, [n.replace("_", "\n") for n in names], fontsize=8)
+  ax.set_ylabel("answer accuracy")
+  ax.set_ylim(0, 1)
+  ax.set_title("in-context key -> value lookup")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plots.plt.close(fig)
+
+
 # --------------------------------------------------------------------------- figures
 def _plot_curves(curves: dict[str, np.ndarray], path: Path, ylabel: str, title: str) -> None:
   fig, ax = plots.plt.subplots(figsize=(6, 4))
@@ -242,7 +350,9 @@ def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
   train_tokens = stdlib.byte_tokens("train", 0.05, cfg.max_train_bytes)
   val_tokens = stdlib.byte_tokens("val", 0.05, cfg.max_val_bytes)
   code = _train_pair(cfg, cfg.code, 256, TokenWindows(train_tokens, tc),
-                     TokenWindows(val_tokens, tc), out_dir / "code", resume)
+                     TokenWindows(val_tokens, tc), out_dir / "code", resume,
+                     models={**MODELS, "semi_lexinvariant": cfg.semi_p})
+  semi_cost = code["semi_lexinvariant"]["loss"] - code["standard"]["loss"]
   code_gap_T = (code["lexinvariant"]["loss_per_position"] -
                 code["standard"]["loss_per_position"])
   first16, last_quarter = slice(0, 16), slice(3 * tc // 4, tc)
@@ -251,6 +361,11 @@ def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
   # (c) deciphering probe.
   dec = _decipher(cfg, markov, chain)
   probe_late, bayes_late = dec["lexinvariant"][late].mean(), dec["bayes_map"][late].mean()
+  # (d), (e) lookup over unseen symbols.
+  look = _lookup(cfg, out_dir / "lookup", resume)
+  acc = look["models"]
+  std_u, lex_u, semi_u = (acc[n]["unseen"] for n in ("standard", "lexinvariant",
+                                                      "semi_lexinvariant"))
 
   summary = {
       "markov": {"standard": std_T.tolist(), "lexinvariant": lex_T.tolist(),
@@ -260,8 +375,14 @@ def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
       "code": {"standard": code["standard"]["loss_per_position"].tolist(),
                "lexinvariant": code["lexinvariant"]["loss_per_position"].tolist(),
                "gap_first16": _r(gap_first), "gap_last_quarter": _r(gap_last),
+               "semi_lexinvariant": code["semi_lexinvariant"]["loss_per_position"].tolist(),
                "standard_loss": _r(code["standard"]["loss"]),
-               "lexinvariant_loss": _r(code["lexinvariant"]["loss"])},
+               "lexinvariant_loss": _r(code["lexinvariant"]["loss"]),
+               "semi_lexinvariant_loss": _r(code["semi_lexinvariant"]["loss"]),
+               "semi_p": cfg.semi_p},
+      "lookup": {"accuracy": {n: {k: _r(a) for k, a in d.items()} for n, d in acc.items()},
+                 "answers_per_pool": look["answers_per_pool"],
+                 "chance_in_context": _r(1 / cfg.lookup.n_pairs)},
       "decipher": {k: np.asarray(a).tolist() for k, a in dec.items()},
   }
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -270,11 +391,14 @@ def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
                "validation loss (nats)", f"Markov source, V={v}")
   _plot_curves({"standard LM": code["standard"]["loss_per_position"],
                 "lexinvariant LM": code["lexinvariant"]["loss_per_position"],
+                f"semi-lexinvariant LM (p={cfg.semi_p})":
+                    code["semi_lexinvariant"]["loss_per_position"],
                 "gap": code_gap_T}, out_dir / "code_loss_by_position.png",
                "validation loss (nats/byte)", "stdlib code, bytes")
   _plot_curves({"probe on lexinvariant LM": dec["lexinvariant"],
                 "probe on standard LM": dec["standard"], "Bayes MAP": dec["bayes_map"]},
                out_dir / "decipher_accuracy.png", "plaintext accuracy", "substitution cipher")
+  _plot_lookup(acc, out_dir / "lookup_accuracy.png", 1 / cfg.lookup.n_pairs)
 
   std_floor = std_T[2:].mean() - known_T[2:].mean()
   e, l = f"{early.start}-{early.stop - 1}", f"{late.start}-{late.stop - 1}"
@@ -299,4 +423,23 @@ def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
             f"frozen lexinvariant LM, plaintext accuracy at positions {l} over the Bayes MAP "
             f"accuracy ({_r(bayes_late)})", ">= 0.9", _r(probe_late / bayes_late),
             "ours >= 0.9", bool(probe_late >= 0.9 * bayes_late)),
+      Claim("lookup-standard-learns-seen", "calibration", "key->value lookup: the standard LM's "
+            "answer accuracy on the symbols it was trained on", ">= 0.9",
+            _r(acc["standard"]["seen"]), "ours >= 0.9", bool(acc["standard"]["seen"] >= 0.9)),
+      Claim("lookup-lex-unseen", "2305.16349 Sec. 5 (4X the standard LM's accuracy on "
+            "symbol tasks)", f"key->value lookup over ids never seen in training: lexinvariant "
+            f"accuracy / standard accuracy (lex {_r(lex_u)}, standard {_r(std_u)})", ">= 4",
+            _r(lex_u / std_u) if std_u > 0 else "inf", "ours >= 4 and lex > 1/n_pairs",
+            bool(lex_u >= 4 * std_u and lex_u > 1 / cfg.lookup.n_pairs)),
+      Claim("lookup-lex-invariant", "2305.16349 (lexinvariance: exact in distribution)",
+            "lexinvariant LM: |accuracy on unseen - accuracy on seen symbols|", "0 (in law)",
+            _r(abs(lex_u - acc["lexinvariant"]["seen"])), "ours <= 0.05",
+            bool(abs(lex_u - acc["lexinvariant"]["seen"]) <= 0.05)),
+      Claim("semi-lex-loss-cost", "2305.16349 Sec. 6 (regulariser: small perplexity cost)",
+            f"stdlib bytes: semi-lexinvariant (p={cfg.semi_p}) minus standard validation loss "
+            f"at equal steps", "small", _r(semi_cost), "ours <= 0.05", bool(semi_cost <= 0.05)),
+      Claim("semi-lex-lookup-gain", "2305.16349 Sec. 6 (+25% on BIG-bench symbol tasks)",
+            f"key->value lookup over unseen ids: semi-lexinvariant (p={cfg.semi_p}) minus "
+            f"standard accuracy (semi {_r(semi_u)}, standard {_r(std_u)})", "> 0",
+            _r(semi_u - std_u), "ours >= 0.05", bool(semi_u - std_u >= 0.05)),
   ]

@@ -143,6 +143,32 @@ def forward_with_table(graphdef, params, tokens_BxT, table_BxVxD, positions=None
   return tied_logits(out.hidden, table_BxVxD), out.hidden
 
 
+def _batch_keys(batch: dict, key: jax.Array) -> jax.Array:
+  if "index" not in batch:
+    raise ValueError("batch: a lexinvariant loss needs 'index' i32[B, 1] (each example's "
+                     "source index); build rows with to_indexed_lm_example")
+  return sequence_keys(key, batch["index"])
+
+
+def _positions(batch: dict):
+  b, t = batch["inputs"].shape
+  return batch["positions"] if "positions" in batch else default_positions(b, t)
+
+
+def sequence_logits(cfg: ModelConfig, graphdef, params, batch: dict, key: jax.Array, *,
+                    scale: float = 1.0, p: float = 1.0):
+  """(logits [B, T, V], hidden [B, T, D]) of the (semi-)lexinvariant LM on ``batch`` with the
+  tables drawn from ``key`` and the batch's ``index`` -- exactly what its loss scores (the dense
+  path); ``p < 1`` mixes in the learned rows (the ``unembed`` columns)."""
+  check_config(cfg)
+  seq_keys_B = _batch_keys(batch, key)
+  learned_VxD = params["unembed"][...].T if p < 1.0 else None
+  table_BxVxD = sequence_tables(seq_keys_B, cfg.vocab_size, cfg.d_model, scale=scale,
+                                learned_VxD=learned_VxD, p=p)
+  return forward_with_table(graphdef, params, batch["inputs"], table_BxVxD, _positions(batch),
+                            batch.get("mask"))
+
+
 def lexinvariant_loss(cfg: ModelConfig, *, scale: float = 1.0, p: float = 1.0,
                       chunk: int = 0) -> LossFn:
   """The LossFn of a lexinvariant (``p=1``) or semi-lexinvariant (``p<1``) LM.
@@ -159,27 +185,19 @@ def lexinvariant_loss(cfg: ModelConfig, *, scale: float = 1.0, p: float = 1.0,
   v, d = cfg.vocab_size, cfg.d_model
 
   def loss_fn(graphdef, params, batch, key):
-    if "index" not in batch:
-      raise ValueError("batch: a lexinvariant loss needs 'index' i32[B, 1] (each example's "
-                       "source index); build rows with to_indexed_lm_example")
     tokens_BxT = batch["inputs"]
-    b, t = tokens_BxT.shape
-    seq_keys_B = sequence_keys(key, batch["index"])
-    learned_VxD = params["unembed"][...].T if p < 1.0 else None
-    kw = dict(scale=scale, learned_VxD=learned_VxD, p=p)
     if chunk:
+      seq_keys_B = _batch_keys(batch, key)
+      learned_VxD = params["unembed"][...].T if p < 1.0 else None
+      kw = dict(scale=scale, learned_VxD=learned_VxD, p=p)
       emb_BxTxD = lean_embed(seq_keys_B, tokens_BxT, d, **kw)
-    else:
-      table_BxVxD = sequence_tables(seq_keys_B, v, d, **kw)
-      emb_BxTxD = embed(table_BxVxD, tokens_BxT)
-    positions = batch["positions"] if "positions" in batch else default_positions(b, t)
-    out = forward(graphdef, params, tokens_BxT, positions, batch.get("mask"),
-                  embeddings_BxTxD=emb_BxTxD, return_hidden=True)
-    if chunk:
+      out = forward(graphdef, params, tokens_BxT, _positions(batch), batch.get("mask"),
+                    embeddings_BxTxD=emb_BxTxD, return_hidden=True)
       nll_BxT = chunked_tied_cross_entropy(out.hidden, seq_keys_B, batch["targets"], v,
                                            chunk=chunk, **kw)
     else:
-      nll_BxT = cross_entropy(tied_logits(out.hidden, table_BxVxD), batch["targets"])
+      logits_BxTxV, _ = sequence_logits(cfg, graphdef, params, batch, key, scale=scale, p=p)
+      nll_BxT = cross_entropy(logits_BxTxV, batch["targets"])
     w_BxT = batch["weights"].astype(jnp.float32)
     return weighted_mean(nll_BxT, w_BxT), LossAux(nll_BxT=nll_BxT, weights_BxT=w_BxT)
 

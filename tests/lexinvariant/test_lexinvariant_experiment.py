@@ -10,10 +10,11 @@ def test_smoke_preset_writes_claims_curves_and_figures(tmp_path):
   results = runner.run_experiment("lexinvariant", "smoke", (), tmp_path)
   run_dir = tmp_path / "lexinvariant" / "smoke"
   claims = json.loads((run_dir / "results.json").read_text())["claims"]
-  assert len(claims) == len(results["claims"]) == 6
+  assert len(claims) == len(results["claims"]) == 11
   for c in claims:
     assert set(c) == {"id", "paper", "statement", "paper_value", "ours", "criterion", "passed"}
-  for fig in ("markov_loss_by_position", "code_loss_by_position", "decipher_accuracy"):
+  for fig in ("markov_loss_by_position", "code_loss_by_position", "decipher_accuracy",
+              "lookup_accuracy"):
     assert (run_dir / f"{fig}.png").stat().st_size > 0
   summary = json.loads((run_dir / "summary.json").read_text())
   t = 32  # smoke seq_len
