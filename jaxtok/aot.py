@@ -8,7 +8,10 @@ and prints per-device memory against the chip's HBM, so an out-of-memory shows b
 --new-tokens 128 --dtype bfloat16] [--side .side]`` compiles the whole generation loop of a
 pretrained model (abstract weights: nothing is loaded but the config) for one device of the
 target, with the dispatchers choosing that target's Pallas kernel, and reports its memory,
-whether the kernel is in the program, and whether the loop copies any layer's KV cache.
+whether the kernel is called in every loop step, and whether a step copies any layer's KV cache
+(the command fails otherwise). ``--speculate tr [--tree-nodes 80]`` compiles the Token Recycling
+loop instead (arXiv 2408.08696; ``jaxtok.speculative.loop.generate_on_device``, one verify of the
+static tree per step) under the same checks.
 
 libtpu and the jax-cuda12 plugin live in a side folder (``pip install --target .side/tpu
 "libtpu==0.0.50.*"``, as .ci/compile_kernels.sh does); the command line
