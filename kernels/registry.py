@@ -87,8 +87,53 @@ def _kvcompress_merge_cases(dtypes: list[str]) -> list[Case]:
   return cases
 
 
+def _attn_stats_entry(family: str):
+  from jaxtok_kernels.attn_stats import attn_stats_gpu, attn_stats_tpu
+  return {"tpu": attn_stats_tpu, "gpu": attn_stats_gpu}[family]
+
+
+# (label, B, T, H, K, S, Dh): SmolLM2 prefills (GQA 3, the prompt's own slots, T = S), the
+# observation window over a long cache, a ragged T and S, Dh 128 with GQA 4.
+_STATS_SHAPES = [("prefill", 1, 2048, 9, 3, 2048, 64), ("prefill", 1, 8192, 9, 3, 8192, 64),
+                 ("window", 8, 32, 9, 3, 8192, 64), ("ragged", 2, 500, 8, 2, 1000, 64),
+                 ("prefill", 2, 1024, 32, 8, 4096, 128)]
+
+
+def _attn_stats_cases(dtypes: list[str]) -> list[Case]:
+  cases = []
+  for label, b, t, h, k, s, dh in _STATS_SHAPES:
+    for dt in dtypes:
+      args = (((b, t, h, dh), dt), ((b, k, s, dh), dt), ((b, k), "int32"), ((b, t, h), "float32"),
+              ((b, t), "bool"))
+      cases.append(Case(f"stats {label} B{b} T{t} H{h}/K{k} S{s} Dh{dh}", args))
+  return cases
+
+
+def _selected_attention_entry(family: str):
+  from jaxtok_kernels.selected_attention import selected_attention_gpu, selected_attention_tpu
+  return {"tpu": selected_attention_tpu, "gpu": selected_attention_gpu}[family]
+
+
+# (B, T, H, K, S, Dh): SentenceKV decoding over SmolLM2-shaped and larger caches, a short
+# block (T = 4), a ragged S.
+_SELECTED_SHAPES = [(8, 1, 9, 3, 8192, 64), (4, 1, 32, 8, 4096, 128), (2, 4, 8, 2, 2048, 128),
+                    (1, 1, 9, 3, 1000, 64)]
+
+
+def _selected_attention_cases(dtypes: list[str]) -> list[Case]:
+  cases = []
+  for b, t, h, k, s, dh in _SELECTED_SHAPES:
+    for dt in dtypes:
+      args = (((b, t, h, dh), dt), ((b, k, s, dh), dt), ((b, k, s, dh), dt), ((b, k, s), "bool"),
+              ((b, t, k, dh), dt), ((b, t, k, dh), dt), ((b, t, t), "bool"))
+      cases.append(Case(f"selected B{b} T{t} H{h}/K{k} S{s} Dh{dh}", args))
+  return cases
+
+
 KERNELS = [KernelSpec("tree_attention", _tree_attention_entry, _tree_attention_cases),
-           KernelSpec("kvcompress_merge", _kvcompress_merge_entry, _kvcompress_merge_cases)]
+           KernelSpec("kvcompress_merge", _kvcompress_merge_entry, _kvcompress_merge_cases),
+           KernelSpec("attn_stats", _attn_stats_entry, _attn_stats_cases),
+           KernelSpec("selected_attention", _selected_attention_entry, _selected_attention_cases)]
 
 
 def dtype(name: str):

@@ -1,29 +1,63 @@
 """Cost of attention statistics at prefill: plain vs stats prefill, side by side in one run.
 
-  python scripts/stats_prefill.py [--prompt-len 2048,8192] [--repeats 3] [--json out.json]
+  python scripts/stats_prefill.py [--prompt-len 2048,8192] [--repeats 1] [--before-rev REV]
 
 For each prompt length (batch 1, fp32 SmolLM2 unless --model): a plain fresh-cache prefill
-(``jaxtok.decode.prefill``), the same forward with ``return_stats=True`` (per-slot attention
-statistics of every layer, what H2O / TOVA / SnapKV / EMS read) and ``jaxtok.kvcompress.observe``
-(the two-forward observation prefill with a window of 32). The timed calls are interleaved
-(plain, stats, observe, plain, ...) and the best of ``--repeats`` is kept, so machine load drifts
-hit all three alike; the load average is printed with the table (issue 10: the stats prefill
-should add <= 10% to the plain one).
+(``jaxtok.decode.prefill``) and the same forward with ``return_stats=True`` (per-slot attention
+statistics of every layer, what H2O / TOVA / SnapKV / EMS read); with ``--observe`` also
+``jaxtok.kvcompress.observe`` (the two-forward observation prefill, window 32). With
+``--before-rev`` the stats prefill is also built with ``jaxtok/nn/attention.py`` as it was at
+that git revision (its functions patched into the module while tracing), so before and after
+are timed in the same process under the same load. Every variant is compiled ahead of time,
+the timed calls are interleaved and the best of ``--repeats`` is kept; the load average is
+printed with each row (issue 10: the stats prefill should add <= 10% to the plain one).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
+import types
+from pathlib import Path
+
+_PATCHED = ("attention", "cached_attention", "slot_stats")
+
+
+def _module_at(rev: str):
+  repo = Path(__file__).resolve().parents[1]
+  src = subprocess.check_output(["git", "-C", str(repo), "show", f"{rev}:jaxtok/nn/attention.py"])
+  mod = types.ModuleType(f"attention_at_{rev}")
+  sys.modules[mod.__name__] = mod  # dataclasses look their module up there
+  exec(compile(src, f"attention.py@{rev}", "exec"), mod.__dict__)  # noqa: S102 - our own file
+  return mod
+
+
+@contextlib.contextmanager
+def _patched(mod):
+  from jaxtok.nn import attention as attn_lib
+  saved = {n: getattr(attn_lib, n) for n in _PATCHED}
+  try:
+    if mod is not None:
+      for n in _PATCHED:
+        setattr(attn_lib, n, getattr(mod, n))
+    yield
+  finally:
+    for n, f in saved.items():
+      setattr(attn_lib, n, f)
 
 
 def main() -> None:
   p = argparse.ArgumentParser()
   p.add_argument("--model", default="smollm2-135m")
   p.add_argument("--prompt-len", default="2048,8192")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=1)
   p.add_argument("--window", type=int, default=32)
+  p.add_argument("--observe", action="store_true")
+  p.add_argument("--before-rev", default=None)
   p.add_argument("--json", default=None)
   args = p.parse_args()
   import jax
@@ -35,6 +69,7 @@ def main() -> None:
   from jaxtok.models import load
   from jaxtok.nn import forward
 
+  before = None if args.before_rev is None else _module_at(args.before_rev)
   model = load(args.model, dtype="float32")
   g, params, cfg = model.graphdef, model.params, model.cfg
   rows = []
@@ -42,31 +77,39 @@ def main() -> None:
     tokens = jax.random.randint(jax.random.key(0), (1, t), 100, cfg.vocab_size)
     lens = jnp.full((1,), t, jnp.int32)
     pos = jnp.arange(t, dtype=jnp.int32)[None]
-    plain = jax.jit(lambda pr, x: prefill(g, pr, init_cache(cfg, 1, t), x, lens))
 
-    @jax.jit
+    def plain(pr, x):
+      return prefill(g, pr, init_cache(cfg, 1, t), x, lens)
+
     def stats(pr, x):
       out = forward(g, pr, x, pos, cache=init_cache(cfg, 1, t), fresh_cache=True,
                     return_stats=True, logits_at_BxN=jnp.array([[t - 1]]))
       return out.logits, out.cache, out.stats
 
-    observe = jax.jit(lambda pr, x: kc.observe(g, pr, init_cache(cfg, 1, t), x, args.window))
-    fns = {"plain_s": plain, "stats_s": stats, "observe_s": observe}
-    best = {k: float("inf") for k in fns}
-    for f in fns.values():  # compile + warm up
-      jax.block_until_ready(f(params, tokens))
+    variants = {"plain_s": (plain, None), "stats_s": (stats, None)}
+    if before is not None:
+      variants["stats_before_s"] = (stats, before)
+    if args.observe:
+      variants["observe_s"] = (lambda pr, x: kc.observe(g, pr, init_cache(cfg, 1, t), x,
+                                                        args.window), None)
+    compiled = {}
+    for name, (fn, mod) in variants.items():
+      with _patched(mod):
+        compiled[name] = jax.jit(fn).lower(params, tokens).compile()
+    best = {k: float("inf") for k in compiled}
     for _ in range(args.repeats):
-      for k, f in fns.items():
+      for k, f in compiled.items():
         t0 = time.perf_counter()
         jax.block_until_ready(f(params, tokens))
         best[k] = min(best[k], time.perf_counter() - t0)
-    row = {"prompt_len": t, **best, "stats_overhead": best["stats_s"] / best["plain_s"] - 1,
-           "observe_overhead": best["observe_s"] / best["plain_s"] - 1,
-           "loadavg": os.getloadavg()[0]}
+    row = {"prompt_len": t, **best, "loadavg": os.getloadavg()[0]}
+    for k in best:
+      if k != "plain_s":
+        row[k.replace("_s", "_overhead")] = best[k] / best["plain_s"] - 1
     rows.append(row)
-    print(f"prompt {t:>5}: plain {best['plain_s']:.3f} s  stats {best['stats_s']:.3f} s "
-          f"({row['stats_overhead']:+.0%})  observe {best['observe_s']:.3f} s "
-          f"({row['observe_overhead']:+.0%})  load {row['loadavg']:.1f}", flush=True)
+    print(f"prompt {t:>5}: plain {best['plain_s']:.2f} s  " + "  ".join(
+        f"{k[:-2]} {best[k]:.2f} s ({row[k.replace('_s', '_overhead')]:+.0%})"
+        for k in best if k != "plain_s") + f"  load {row['loadavg']:.1f}", flush=True)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=1)

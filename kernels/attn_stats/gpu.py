@@ -61,10 +61,12 @@ def _kernel(start_ref, last_ref, q_ref, lse_ref, k_ref, sum_ref, last_out_ref, *
 
   # Causal: queries t < j * block_s - start see nothing of this block; slots past start + T
   # are seen by none (the loop is then empty).
-  first = jnp.maximum(j * block_s - start, 0) // block_t
-  n_t = jnp.where(j * block_s < start + t, t_pad // block_t, 0)
+  start = start.astype(jnp.int32)
+  first = lax.div(jnp.maximum(j * block_s - start, 0), jnp.int32(block_t))
+  n_t = jnp.where(j * block_s < start + t, jnp.int32(t_pad // block_t), jnp.int32(0))
   zero = jnp.zeros((block_s,), jnp.float32)
-  col, col_last = lax.fori_loop(jnp.minimum(first, n_t), n_t, query_block, (zero, zero))
+  col, col_last = lax.fori_loop(jnp.minimum(first, n_t).astype(jnp.int32), n_t, query_block,
+                                (zero, zero))
   sum_ref[...] = col
   last_out_ref[...] = col_last
 

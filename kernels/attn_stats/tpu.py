@@ -62,8 +62,10 @@ def plan(t: int, s: int, head_dim: int, config: TpuConfig):
 
 
 def _first_query_block(j, start, block_s: int, block_t: int):
-  """The first query block holding a query that sees slot block j (causal: slot <= start + t)."""
-  return jnp.maximum(j * block_s - start, 0) // block_t
+  """The first query block holding a query that sees slot block j (causal: slot <= start + t).
+  lax.div on a non-negative numerator is floor division without jnp's sign fix-ups (which the
+  Mosaic lowering of the scalar core does not take)."""
+  return lax.div(jnp.maximum(j * block_s - start, 0), jnp.int32(block_t))
 
 
 def _kernel(start_ref, last_ref, q_ref, lse_ref, k_ref, sum_ref, last_out_ref, *, kv, groups,
