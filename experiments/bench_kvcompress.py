@@ -176,6 +176,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _best(fn, repeats):
+  """Best of ``repeats`` timed calls after a warm-up call; ``repeats=0``: one timed call and no
+  warm-up (for ahead-of-time compiled functions whose single run is minutes long)."""
+  if repeats == 0:
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return time.perf_counter() - t0, out
   out = fn()  # compile + warm up
   jax.block_until_ready(out)
   best = float("inf")
@@ -220,14 +226,17 @@ def run_case(cfg, graphdef, params, policy, prompt_len, batch, ratios, *, window
     return jax.lax.scan(body, (cache, logits), None, length=n)[1]
 
   def decode_rate(cache, logits):
-    t1, _ = _best(lambda: steps(params, cache, logits, 1), repeats)
-    tn, _ = _best(lambda: steps(params, cache, logits, new_tokens), repeats)
+    t1, _ = _best(lambda: steps(params, cache, logits, 1), max(repeats, 1))
+    tn, _ = _best(lambda: steps(params, cache, logits, new_tokens), max(repeats, 1))
     return batch * (new_tokens - 1) / (tn - t1) if tn > t1 else float("nan")  # noise: no rate
 
-  plain = jax.jit(lambda pr, t: prefill(graphdef, pr, init_cache(cfg, batch, cap), t, lens))
+  # compiled ahead of time, so --repeats 0 times one run of each (an 8192 x 8 prefill takes
+  # minutes on the 2-core machine)
+  plain = jax.jit(lambda pr, t: prefill(graphdef, pr, init_cache(cfg, batch, cap), t, lens)
+                  ).lower(params, tokens).compile()
   prefill_s, (logits, full_cache) = _best(lambda: plain(params, tokens), repeats)
   observe = jax.jit(lambda pr, t: kc.observe(graphdef, pr, init_cache(cfg, batch, cap), t,
-                                             window))
+                                             window)).lower(params, tokens).compile()
   observe_s, (_, cache, obs) = _best(lambda: observe(params, tokens), repeats)
   full_rate = decode_rate(full_cache, logits)
   full_bytes = kc.cache_bytes(full_cache)
@@ -237,9 +246,10 @@ def run_case(cfg, graphdef, params, policy, prompt_len, batch, ratios, *, window
     budget = policy.allocate(kc.uniform(cfg.n_layers, cfg.kv_heads, b_tok), obs)
     arrays = kc.budget_arrays(budget, batch)
     small_cap = int(budget.array.max()) + new_tokens
+    obs0 = obs.replace(prompt_len=0)
     comp = jax.jit(lambda c, o, a: kc.resize(kc.compress_arrays(c, policy, a, o).cache,
-                                             small_cap))
-    compress_s, small = _best(lambda: comp(cache, obs.replace(prompt_len=0), arrays), repeats)
+                                             small_cap)).lower(cache, obs0, arrays).compile()
+    compress_s, small = _best(lambda: comp(cache, obs0, arrays), repeats)
     rate = decode_rate(small, logits)
     rows.append({"prompt_len": prompt_len, "batch": batch, "policy": policy.name,
                  "vocab_size": cfg.vocab_size,

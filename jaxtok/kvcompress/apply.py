@@ -67,12 +67,19 @@ def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=()):
   compact = cache_lib.keep(KVCache(layers=(layer,), next_pos=jnp.zeros(layer.k.shape[:1],
                                                                          jnp.int32)),
                            (plan.keep_BxKxS,), (plan.n_keep_BxK,)).layers[0]
-  k_sum, v_sum, m_new = merge_sums(layer.k, layer.v, mass_BxKxS, dest_BxKxS)
+  if plan.weight_BxKxS is None:
+    k_sum, v_sum, m_new = merge_sums(layer.k, layer.v, mass_BxKxS, dest_BxKxS)
+    w_new = m_new
+  else:
+    w_BxKxS = mass_BxKxS * jnp.maximum(plan.weight_BxKxS.astype(jnp.float32), 0.0)
+    k_sum, v_sum, w_new = merge_sums(layer.k, layer.v, w_BxKxS, dest_BxKxS)
+    m_new = segment_sums(mass_BxKxS, dest_BxKxS)
   # A destination that received nothing but its own token keeps its exact value (the division
   # m*x/m can round); only real merges are recomputed as means.
   own_mass_BxKxS = jnp.take_along_axis(mass_BxKxS, plan.keep_BxKxS, axis=2)
-  merged_BxKxS = (m_new != own_mass_BxKxS) & (jnp.arange(s) < compact.length[..., None])
-  denom = jnp.maximum(m_new, 1e-30)[..., None]
+  merged_BxKxS = ((m_new != own_mass_BxKxS) & (jnp.arange(s) < compact.length[..., None])
+                  & (w_new > 0))
+  denom = jnp.maximum(w_new, 1e-30)[..., None]
   k = jnp.where(merged_BxKxS[..., None], (k_sum / denom).astype(layer.k.dtype), compact.k)
   v = jnp.where(merged_BxKxS[..., None], (v_sum / denom).astype(layer.v.dtype), compact.v)
   live_BxKxS = jnp.arange(s) < compact.length[..., None]

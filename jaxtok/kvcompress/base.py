@@ -156,6 +156,10 @@ class LayerPlan:
   keep_BxKxS: Int[Array, "B K S"]
   n_keep_BxK: Int[Array, "B K"]
   dest_BxKxS: Int[Array, "B K S"]
+  # Optional importance of each old slot in a merge: a merged slot's key/value is the mean
+  # weighted by mass x weight (None: by mass, the number of tokens folded in). The mass that
+  # is carried on stays the token count either way.
+  weight_BxKxS: Float[Array, "B K S"] | None = None
 
 
 def valid_slots(layer: LayerKV):

@@ -53,11 +53,17 @@ class EMS(Policy):
   sinks: int = 4
   merge_threshold: float = 0.8  # cosine similarity above which a dropped slot is merged
   normalise: str = "minmax"  # or "rank"
+  # "count": a merged slot is the token-count-weighted mean (every token equal); "score": the
+  # mean weighted by each token's Global-Local score S_j (ours: the class centre, the top
+  # scorer, dominates what was folded into it instead of being diluted by its neighbours)
+  merge_weight: str = "count"
 
   def __post_init__(self):
     require(self.sinks >= 0, "sinks", ">= 0", self.sinks)
     require(self.normalise in ("minmax", "rank"), "normalise", "'minmax' or 'rank'",
             self.normalise)
+    require(self.merge_weight in ("count", "score"), "merge_weight", "'count' or 'score'",
+            self.merge_weight)
     require(-1 <= self.merge_threshold <= 1.01, "merge_threshold", "in [-1, 1.01] (> 1: never "
             "merge)", self.merge_threshold)
 
@@ -72,7 +78,11 @@ class EMS(Policy):
     return jnp.where(protect, PROTECT, jnp.maximum(g, loc))
 
   def plan(self, layer, obs, l, budget_BxK):
-    plan = top_plan(self.score(layer, obs, l, budget_BxK), layer, budget_BxK)
+    score_BxKxS = self.score(layer, obs, l, budget_BxK)
+    plan = top_plan(score_BxKxS, layer, budget_BxK)
+    if self.merge_weight == "score":
+      # protected slots score 1e30: weight them as the best candidate (1 after normalising)
+      plan = plan.replace(weight_BxKxS=jnp.clip(score_BxKxS, 1e-6, 1.0))
     s = layer.capacity
     kn = layer.k.astype(jnp.float32)
     kn = kn / jnp.maximum(jnp.linalg.norm(kn, axis=-1, keepdims=True), 1e-12)

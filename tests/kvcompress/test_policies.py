@@ -159,6 +159,20 @@ def test_merge_is_mass_weighted_and_trash_vanishes():
   np.testing.assert_array_equal(m[0][0, 0], [4, 1, 0, 0, 0])
 
 
+def test_weighted_merge_uses_weights_for_the_mean_and_counts_for_the_mass():
+  k = jnp.arange(5, dtype=jnp.float32).reshape(1, 1, 5, 1) * jnp.ones((1, 1, 5, 2))
+  layer = _layer(k, 5)
+  plan = LayerPlan(keep_BxKxS=jnp.array([[[1, 4, 4, 4, 4]]]), n_keep_BxK=jnp.array([[2]]),
+                   dest_BxKxS=jnp.array([[[0, 0, 5, 0, 1]]]),
+                   weight_BxKxS=jnp.array([[[1.0, 3.0, 1.0, 1.0, 1.0]]]))
+  mass = (jnp.array([[[1.0, 1.0, 1.0, 2.0, 1.0]]]),)
+  new, m, _ = apply_lib.apply_plans(cache_lib.KVCache((layer,), jnp.array([5])), (plan,), mass)
+  # (1*1*0 + 1*3*1 + 2*1*3) / (1 + 3 + 2); the carried mass is still 4 tokens
+  np.testing.assert_allclose(new.layers[0].k[0, 0, 0], [9 / 6] * 2, rtol=1e-6)
+  np.testing.assert_array_equal(new.layers[0].k[0, 0, 1], [4, 4])
+  np.testing.assert_array_equal(m[0][0, 0], [4, 1, 0, 0, 0])
+
+
 def test_segment_merge_equals_one_hot_reference_exactly():
   # small integers: every sum is exact in fp32, so the two orders must agree bit for bit
   key = jax.random.key(1)
