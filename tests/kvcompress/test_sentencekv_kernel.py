@@ -1,0 +1,72 @@
+"""SentenceKV decoding through selected attention (arXiv 2504.00970 §3.3): the kernel path
+(Pallas selected attention, interpret mode on CPU) equals the reference path, and both equal
+plain decoding over the cache compressed to the same selection (same slots, same positions)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtok import kvcompress as kc
+from jaxtok.cache import init_cache
+from jaxtok.config import ConfigError
+from jaxtok.decode import decode_step
+from jaxtok.kvcompress import sentencekv
+from jaxtok.nn import attention as attn_lib
+from jaxtok.nn.config import ModelConfig
+from jaxtok.nn.transformer import forward, init_model
+
+CFG = ModelConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
+                  max_len=128)
+T, BUDGET, WINDOW, NEW = 40, 14, 4, 4
+POLICY = kc.SentenceKV(boundary_ids=(7,), sinks=2)
+
+
+def _prompt():
+  x = np.array(jax.random.randint(jax.random.key(1), (2, T), 8, CFG.vocab_size))
+  x[0, [5, 11, 19, 26, 33]] = 7  # sentence boundaries, different per row
+  x[1, [9, 15, 30]] = 7
+  return jnp.asarray(x)
+
+
+@pytest.fixture(scope="module", name="model")
+def _model():
+  return nnx.split(init_model(CFG, seed=3), nnx.Param)
+
+
+def test_kernel_path_equals_reference_path_equals_compressed_cache(model):
+  g, p = model
+  prompt = _prompt()
+  run = lambda impl: sentencekv.generate(g, p, prompt, policy=POLICY, budget_tokens=BUDGET,  # noqa: E731
+                                         max_new_tokens=NEW, window=WINDOW, implementation=impl)
+  tok_x, info_x = run("xla")
+  tok_k, info_k = run("pallas")
+  np.testing.assert_array_equal(tok_k, tok_x)
+  np.testing.assert_allclose(info_k["logits"], info_x["logits"], atol=1e-5)
+  # Each (layer, row, head) attends exactly BUDGET prompt slots, whole sentences mostly.
+  assert info_x["selected_fraction"] == pytest.approx(BUDGET / T)
+  for sel in info_x["selected"]:
+    np.testing.assert_array_equal(sel[:, :, :T].sum(-1), BUDGET)
+    np.testing.assert_array_equal(sel[:, :, T:T + NEW], True)  # generated tokens attended
+
+  # The same slots kept by compression, then plain greedy decoding: the same computation.
+  logits, cache, obs = jax.jit(lambda p, x: kc.observe(g, p, init_cache(CFG, 2, T + NEW), x,
+                                                      WINDOW))(p, prompt)
+  small = kc.compress(cache, POLICY, kc.uniform(CFG.n_layers, CFG.kv_heads, BUDGET), obs).cache
+  step = jax.jit(lambda p, c, tok: decode_step(g, p, c, tok))
+  for i in range(NEW):
+    np.testing.assert_allclose(logits, info_x["logits"][:, i], atol=1e-5)
+    tok = jnp.argmax(logits, -1).astype(jnp.int32)
+    np.testing.assert_array_equal(tok, tok_x[:, i])
+    logits, small = step(p, small, tok)
+
+
+def test_selection_misuse_raises(model):
+  g, p = model
+  with pytest.raises(ConfigError, match="budget_tokens"):
+    sentencekv.generate(g, p, _prompt(), policy=POLICY, budget_tokens=T + 1, max_new_tokens=2)
+  cache = init_cache(CFG, 2, 8)
+  sel = tuple(jnp.ones((2, CFG.kv_heads, 8), bool) for _ in range(CFG.n_layers - 1))
+  with pytest.raises(RuntimeError, match="layer selections"):
+    with attn_lib.selecting(sel):
+      forward(g, p, jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32), cache=cache)
