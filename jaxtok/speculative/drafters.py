@@ -7,7 +7,7 @@ DRAFTERS = ("tr", "suffix", "pld")
 def make_drafter(name: str, n_nodes: int | None = None):
   """A fresh drafter: ``tr`` Token Recycling (default 4 nodes: the fastest of N = 4, 8, 16
   for SmolLM2 on a 2-core CPU, where an 8-node verify costs 2-3 decode steps and MAT barely grows
-  with N), ``suffix`` SuffixDecoding (16 nodes, verify buckets 4 / 16), ``pld`` prompt lookup
+  with N), ``suffix`` SuffixDecoding (16 nodes, verify buckets 1 / 2 / 4 / 16), ``pld`` prompt lookup
   (8)."""
   from jaxtok.speculative.lookup import PromptLookup
   from jaxtok.speculative.recycling import TokenRecycling
@@ -16,7 +16,7 @@ def make_drafter(name: str, n_nodes: int | None = None):
   if name == "tr":
     return TokenRecycling(n_nodes=n_nodes or 4)
   if name == "suffix":
-    return SuffixDecoding(n_nodes=n_nodes or 16, buckets=(4,))
+    return SuffixDecoding(n_nodes=n_nodes or 16, buckets=(1, 2, 4))
   if name == "pld":
     return PromptLookup(n_nodes=n_nodes or 8)
   raise ValueError(f"--speculate: expected one of {'|'.join(DRAFTERS)}, got {name!r}")
