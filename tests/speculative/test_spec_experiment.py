@@ -30,7 +30,7 @@ def test_smoke_experiment_and_bench(tmp_path):
 
 
 def test_hf_columns_and_claims():
-  """transformers' numbers (as ``hf_reference`` returns them) become per-row speed-ups, table
+  """transformers' numbers (as ``hf_summary`` returns them) become per-row speed-ups, table
   columns and the two claims, computed from the rows (no torch needed)."""
   from jaxtok_experiments import speculative as exp
 
