@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jaxtok.config import require
 from jaxtok.kvcompress.base import PROTECT, Policy, recent_mask, top_plan, valid_slots
 from jaxtok.kvcompress.elastic_cache import neighbours
+from jaxtok.kvcompress.snapkv import pool
 
 
 def rank_norm(x_BxKxS, valid_BxKxS):
@@ -57,11 +58,16 @@ class EMS(Policy):
   # mean weighted by each token's Global-Local score S_j (ours: the class centre, the top
   # scorer, dominates what was folded into it instead of being diluted by its neighbours)
   merge_weight: str = "count"
+  # max-pool kernel over slots applied to both raw scores before normalising (1: none, the
+  # reconstruction's default; 7: SnapKV's clustering, so a kept token brings its neighbours -
+  # an ablation: the paper's text was not available to say whether EMS pools)
+  pool: int = 1
 
   def __post_init__(self):
     require(self.sinks >= 0, "sinks", ">= 0", self.sinks)
     require(self.normalise in ("minmax", "rank"), "normalise", "'minmax' or 'rank'",
             self.normalise)
+    require(self.pool >= 1 and self.pool % 2 == 1, "pool", "a positive odd integer", self.pool)
     require(self.merge_weight in ("count", "score"), "merge_weight", "'count' or 'score'",
             self.merge_weight)
     require(-1 <= self.merge_threshold <= 1.01, "merge_threshold", "in [-1, 1.01] (> 1: never "
@@ -73,8 +79,11 @@ class EMS(Policy):
     cand = valid & ~protect
     norm = minmax if self.normalise == "minmax" else rank_norm
     n_seen = jnp.maximum(obs.next_pos_B[:, None, None] - layer.pos, 1).astype(jnp.float32)
-    g = norm(obs.total[l].sum_BxKxS / n_seen, cand)
-    loc = norm(obs.window[l].sum_BxKxS, cand)
+    g_raw = jnp.where(cand, obs.total[l].sum_BxKxS / n_seen, -jnp.inf)
+    l_raw = jnp.where(cand, obs.window[l].sum_BxKxS, -jnp.inf)
+    if self.pool > 1:
+      g_raw, l_raw = pool(g_raw, self.pool, "max"), pool(l_raw, self.pool, "max")
+    g, loc = norm(g_raw, cand), norm(l_raw, cand)
     return jnp.where(protect, PROTECT, jnp.maximum(g, loc))
 
   def plan(self, layer, obs, l, budget_BxK):
