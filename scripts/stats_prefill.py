@@ -9,8 +9,10 @@ statistics of every layer, what H2O / TOVA / SnapKV / EMS read); with ``--observ
 ``--before-rev`` the stats prefill is also built with ``jaxtok/nn/attention.py`` as it was at
 that git revision (its functions patched into the module while tracing), so before and after
 are timed in the same process under the same load. Every variant is compiled ahead of time,
-the timed calls are interleaved and the best of ``--repeats`` is kept; the load average is
-printed with each row (issue 10: the stats prefill should add <= 10% to the plain one).
+the timed calls are interleaved and the best of ``--repeats`` is kept, in wall-clock seconds
+and in this process's CPU seconds (all threads; on a shared machine the CPU time measures the
+work, the wall clock also other processes' load). The load average is printed with each row
+(issue 10: the stats prefill should add <= 10% to the plain one).
 """
 from __future__ import annotations
 
@@ -81,35 +83,49 @@ def main() -> None:
     def plain(pr, x):
       return prefill(g, pr, init_cache(cfg, 1, t), x, lens)
 
-    def stats(pr, x):
-      out = forward(g, pr, x, pos, cache=init_cache(cfg, 1, t), fresh_cache=True,
-                    return_stats=True, logits_at_BxN=jnp.array([[t - 1]]))
-      return out.logits, out.cache, out.stats
+    def make_stats():
+      # A new function object per variant: jit caches traces by function, and the variants
+      # differ only in the attention module patched in while tracing.
+      def stats(pr, x):
+        out = forward(g, pr, x, pos, cache=init_cache(cfg, 1, t), fresh_cache=True,
+                      return_stats=True, logits_at_BxN=jnp.array([[t - 1]]))
+        return out.logits, out.cache, out.stats
+      return stats
 
-    variants = {"plain_s": (plain, None), "stats_s": (stats, None)}
+    variants = {"plain_s": (plain, None), "stats_s": (make_stats(), None)}
     if before is not None:
-      variants["stats_before_s"] = (stats, before)
+      variants["stats_before_s"] = (make_stats(), before)
     if args.observe:
       variants["observe_s"] = (lambda pr, x: kc.observe(g, pr, init_cache(cfg, 1, t), x,
                                                         args.window), None)
-    compiled = {}
+    compiled, flops = {}, {}
     for name, (fn, mod) in variants.items():
       with _patched(mod):
         compiled[name] = jax.jit(fn).lower(params, tokens).compile()
+      cost = compiled[name].cost_analysis()
+      cost = cost[0] if isinstance(cost, list) else cost
+      flops[name.replace("_s", "_gflop")] = round(float(cost.get("flops", 0.0)) / 1e9, 1)
     best = {k: float("inf") for k in compiled}
+    cpu = {k: float("inf") for k in compiled}
     for _ in range(args.repeats):
       for k, f in compiled.items():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         jax.block_until_ready(f(params, tokens))
         best[k] = min(best[k], time.perf_counter() - t0)
-    row = {"prompt_len": t, **best, "loadavg": os.getloadavg()[0]}
+        cpu[k] = min(cpu[k], time.process_time() - c0)
+    row = {"prompt_len": t, **best, **{k.replace("_s", "_cpu_s"): v for k, v in cpu.items()},
+           **flops, "loadavg": os.getloadavg()[0]}
     for k in best:
       if k != "plain_s":
         row[k.replace("_s", "_overhead")] = best[k] / best["plain_s"] - 1
+        row[k.replace("_s", "_cpu_overhead")] = cpu[k] / cpu["plain_s"] - 1
     rows.append(row)
-    print(f"prompt {t:>5}: plain {best['plain_s']:.2f} s  " + "  ".join(
-        f"{k[:-2]} {best[k]:.2f} s ({row[k.replace('_s', '_overhead')]:+.0%})"
-        for k in best if k != "plain_s") + f"  load {row['loadavg']:.1f}", flush=True)
+    for label, d, suffix in (("wall", best, "_overhead"), ("cpu ", cpu, "_cpu_overhead")):
+      print(f"prompt {t:>5} {label}: plain {d['plain_s']:.2f} s  " + "  ".join(
+          f"{k[:-2]} {d[k]:.2f} s ({row[k.replace('_s', suffix)]:+.0%})"
+          for k in d if k != "plain_s") + f"  load {row['loadavg']:.1f}", flush=True)
+    print(f"prompt {t:>5} XLA GFLOP: " + "  ".join(f"{k[:-6]} {v}" for k, v in flops.items()),
+          flush=True)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=1)

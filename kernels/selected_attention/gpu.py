@@ -98,7 +98,9 @@ def selected_attention_gpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, selec
   table, count = layout.block_table(selected_BxKxS, block_s)
   nb = table.shape[-1]
   rows_block = pl.BlockSpec((None, None, block_r, dh), lambda bi, ki, ri: (bi, ki, ri, 0))
-  per_head = lambda shape: pl.BlockSpec(shape, lambda bi, ki, ri: (bi, ki) + (0,) * (len(shape) - 2))  # noqa: E501,E731
+
+  def per_head(shape):  # the whole (row, kv head) slice, for every row block
+    return pl.BlockSpec(shape, lambda bi, ki, ri: (bi, ki) + (0,) * (len(shape) - 2))
   out_shape = jax.ShapeDtypeStruct(q_f.shape, q_BxTxHxDh.dtype)
   out_specs = rows_block
   if return_residuals:

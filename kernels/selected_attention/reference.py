@@ -2,8 +2,8 @@
 
 SentenceKV (Zhu et al., arXiv 2504.00970 §3.3) decodes with each kv head attending only to its
 chosen slots: the sink tokens, the recent ones and the tokens of the sentences it selected
-(Quest, arXiv 2406.10774, does the same with pages). For batch row b, query t and query head h
-of kv head k:
+(Quest, arXiv 2406.10774, does the same with pages). For batch row b, query t and query
+head h of kv head k:
 
     out[b, t, h] = softmax_n(q_t . key_n / sqrt(Dh)) @ value_n
                    over {cache slots s with selected[b, k, s]} ++ {block tokens j with mask[b, t, j]}

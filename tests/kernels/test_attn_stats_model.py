@@ -66,7 +66,8 @@ def test_cached_paths_at_ragged_lengths(monkeypatch, long):
   q, k, v = _qkv(t, 1)
   kc, vc = _written_cache(k, v, lens, s, 2)
   cache_len = jnp.asarray(lens, jnp.int32)
-  mask = masks.CAUSAL if long else masks.tree(jnp.array([[0, 0, 1, 1, 2, 3, 3, 4, 0, 8, 9, 10]] * B))
+  parents = jnp.array([[0, 0, 1, 1, 2, 3, 3, 4, 0, 8, 9, 10]] * B)
+  mask = masks.CAUSAL if long else masks.tree(parents)
 
   def run(return_lse):
     return jax.jit(lambda *a: attn_lib.cached_attention(*a, mask, return_lse=return_lse))(

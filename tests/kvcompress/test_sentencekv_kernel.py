@@ -37,8 +37,10 @@ def _model():
 def test_kernel_path_equals_reference_path_equals_compressed_cache(model):
   g, p = model
   prompt = _prompt()
-  run = lambda impl: sentencekv.generate(g, p, prompt, policy=POLICY, budget_tokens=BUDGET,  # noqa: E731
-                                         max_new_tokens=NEW, window=WINDOW, implementation=impl)
+
+  def run(impl):
+    return sentencekv.generate(g, p, prompt, policy=POLICY, budget_tokens=BUDGET,
+                               max_new_tokens=NEW, window=WINDOW, implementation=impl)
   tok_x, info_x = run("xla")
   tok_k, info_k = run("pallas")
   np.testing.assert_array_equal(tok_k, tok_x)
