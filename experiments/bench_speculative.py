@@ -5,10 +5,12 @@ SuffixDecoding over the code / agentic / chat workloads, batch 1, greedy, compil
 timing) and writes one JSON row per drafter x workload:
 ``{"drafter", "workload", "tree_nodes", "mat", "acceptance_rate", "tokens_per_s",
 "speedup_vs_greedy", "lossless"}`` (acceptance rate = accepted draft tokens / drafted tokens).
-With ``--torch-python PATH`` (an interpreter with torch + transformers), or when torch is
-importable here, Hugging Face transformers runs plain greedy and prompt-lookup generate
-(``prompt_lookup_num_tokens``) on the same weights and prompts in the same run, so the
-speed-ups are side by side (DESIGN.md decision 11).
+With ``--torch-python PATH`` (an interpreter with torch + transformers), $JAXTOK_TORCH_PYTHON, or
+when torch is importable here, Hugging Face transformers runs plain greedy and prompt-lookup
+generate (``prompt_lookup_num_tokens`` = our PLD's N - 1, n-gram 2 as ours) on the same GGUF
+weights (dequantised to fp32) and the same token ids, in the same run, before ours; every row
+gains ``speedup_vs_hf_greedy`` / ``speedup_vs_hf_pld`` (tokens/s ratios) and the table HF's own
+numbers, with how many HF greedy outputs equal ours (DESIGN.md decision 11).
 
   jaxtok bench speculative --smoke          # a tiny random model, seconds
   jaxtok bench speculative                  # SmolLM2-135M, the experiment's cpu preset
@@ -18,9 +20,120 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
+
+from jaxtok_experiments.torch_ref import run_json
+
+
+# Runs in the torch interpreter (torch_ref.run_json): HF greedy and prompt-lookup generate
+# (prompt_lookup_num_tokens, max_matching_ngram_size 2 = our PLD) on our token ids, the same GGUF
+# dequantised to fp32. Per prompt greedy then PLD (adjacent runs see the same load); the first
+# round warms up. Tokens past new_tokens (HF's PLD can overshoot max_new_tokens) are not counted.
+HF_SCRIPT = r'''
+import os
+# OpenMP's default active waiting makes torch 10-40x slower on a shared, oversubscribed CPU
+# (measured: a [1, 576] x [576, 1536] matmul 12 ms instead of 0.3 ms); passive waiting keeps HF
+# at its real speed. Set before torch loads libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import json, sys, time
+import torch, transformers
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+transformers.utils.logging.disable_progress_bar()
+job = json.loads(sys.argv[1])
+path = Path(job["model"])
+where = ({"pretrained_model_name_or_path": path.parent, "gguf_file": path.name}
+         if path.suffix == ".gguf" else {"pretrained_model_name_or_path": path})
+model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32).eval()
+new = job["new_tokens"]
+modes = {"greedy": {}, "pld": {"prompt_lookup_num_tokens": job["pld_tokens"]}}
+rows = []
+for w, prompts in job["prompts"].items():
+  for rep in range(2):
+    stat = {m: {"tokens": 0, "wall": 0.0, "outputs": []} for m in modes}
+    for ids in prompts:
+      x = torch.tensor([ids])
+      for mode, extra in modes.items():
+        t0 = time.perf_counter()
+        with torch.no_grad():
+          out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                               max_new_tokens=new, pad_token_id=0,
+                               eos_token_id=job["eos_id"], **extra)
+        stat[mode]["wall"] += time.perf_counter() - t0
+        gen = out[0, x.shape[1]:].tolist()[:new]
+        stat[mode]["tokens"] += len(gen)
+        stat[mode]["outputs"].append(gen)
+  rows += [{"mode": m, "workload": w, "tokens_per_s": s["tokens"] / s["wall"],
+            "outputs": s["outputs"]} for m, s in stat.items()]
+print("JSON:" + json.dumps({"torch": torch.__version__, "omp_wait": os.environ["OMP_WAIT_POLICY"],
+                            "transformers": transformers.__version__,
+                            "threads": torch.get_num_threads(), "rows": rows}))
+'''
+
+
+def torch_python(cfg) -> tuple[str | None, str]:
+  """(interpreter for the transformers reference, or None; why not)."""
+  if cfg.model == "tiny":
+    return None, "the tiny random model has no transformers checkpoint"
+  if cfg.torch_python == "":
+    return None, "turned off (--no-torch)"
+  python = cfg.torch_python or os.environ.get("JAXTOK_TORCH_PYTHON")
+  if not python and importlib.util.find_spec("torch"):
+    python = sys.executable
+  if not python:
+    return None, ("torch is not importable here; set JAXTOK_TORCH_PYTHON or pass "
+                  "--torch-python PATH")
+  return python, ""
+
+
+def hf_run(cfg, reqs: dict[str, list[list[int]]], eos_id, log=print) -> dict:
+  """transformers' raw rows (greedy and prompt lookup per workload, with their outputs), or
+  ``{"skipped": reason}``."""
+  python, why = torch_python(cfg)
+  if python is None:
+    return {"skipped": why}
+  from jaxtok.models import registry
+  path = Path(cfg.model) if Path(cfg.model).exists() else registry.resolve(cfg.model)
+  job = {"model": str(path.resolve()), "prompts": reqs, "new_tokens": cfg.new_tokens,
+         "eos_id": eos_id, "pld_tokens": cfg.pld_nodes - 1}
+  try:
+    return run_json(python, HF_SCRIPT, job)
+  except (RuntimeError, ValueError, OSError) as e:
+    log(f"  transformers reference failed: {e}")
+    return {"skipped": f"the transformers run failed: {str(e)[-300:]}"}
+
+
+def hf_summary(ref: dict, reqs: dict[str, list[list[int]]], greedy_out: dict) -> dict:
+  """Per workload: HF greedy / prompt-lookup tokens/s, PLD's speed-up, and how many of HF's
+  outputs equal our greedy ones (same weights, fp32: all but rare near-ties)."""
+  if "rows" not in ref:
+    return ref
+  out = {k: ref[k] for k in ("torch", "transformers", "threads", "omp_wait")} | {"workloads": {}}
+  for r in ref["rows"]:
+    w = out["workloads"].setdefault(r["workload"], {})
+    w[f"{r['mode']}_tokens_per_s"] = r["tokens_per_s"]
+    ours = [greedy_out.get(tuple(ids)) for ids in reqs[r["workload"]]]
+    w[f"{r['mode']}_equals_ours"] = sum(o == h for o, h in zip(ours, r["outputs"]))
+    w["requests"] = len(ours)
+  for w in out["workloads"].values():
+    w["pld_speedup"] = w["pld_tokens_per_s"] / w["greedy_tokens_per_s"]
+  return out
+
+
+def add_hf(rows: list[dict], hf: dict) -> None:
+  """Each row gains transformers' tokens/s on its workload and our speed-ups over them."""
+  for r in rows:
+    w = hf.get("workloads", {}).get(r["workload"])
+    if w:
+      r["hf_greedy_tokens_per_s"] = w["greedy_tokens_per_s"]
+      r["hf_pld_tokens_per_s"] = w["pld_tokens_per_s"]
+      r["hf_pld_speedup"] = w["pld_speedup"]
+      r["speedup_vs_hf_greedy"] = r["tokens_per_s"] / w["greedy_tokens_per_s"]
+      r["speedup_vs_hf_pld"] = r["tokens_per_s"] / w["pld_tokens_per_s"]
 
 
 def _parser() -> argparse.ArgumentParser:
