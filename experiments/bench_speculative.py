@@ -142,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--smoke", action="store_true", help="the experiment's smoke preset")
   p.add_argument("--model", default=None, help="override the preset's model")
   p.add_argument("--new-tokens", type=int, default=None)
+  p.add_argument("--repeats", type=int, default=None,
+                 help="timed (greedy, speculative) pairs per request; the fastest of each is kept")
   p.add_argument("--tr-sweep", default=None,
                  help="comma-separated extra Token Recycling sizes N, on the code workload")
   p.add_argument("--baseline-buckets", default=None,
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(cfg, model=args.model)
   if args.new_tokens:
     cfg = dataclasses.replace(cfg, new_tokens=args.new_tokens)
+  if args.repeats:
+    cfg = dataclasses.replace(cfg, repeats=args.repeats)
   if args.tr_sweep:
     cfg = dataclasses.replace(cfg, tr_ablate_nodes=tuple(int(n) for n in
                                                          args.tr_sweep.split(",")))

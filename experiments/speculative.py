@@ -15,6 +15,7 @@ reason, when torch is missing, as in CI).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -62,6 +63,7 @@ class Config:
   suffix_alphas: tuple[float, ...] = (1.0, 4.0)  # ablation on the agentic workload
   suffix_taus: tuple[float, ...] = (0.1,)
   seed: int = 0
+  repeats: int = 1  # timed (greedy, speculative) pairs per request, the fastest of each kept
   # Hugging Face transformers' greedy and prompt-lookup generate on the same weights and token
   # ids, in the same run: an interpreter with torch + transformers. None: $JAXTOK_TORCH_PYTHON,
   # else this interpreter if torch is importable; "": off.
@@ -69,7 +71,7 @@ class Config:
 
   def __post_init__(self):
     for f in ("n_code", "n_agentic", "n_chat", "new_tokens", "tr_nodes", "tr_k", "pld_nodes",
-              "suffix_nodes"):
+              "suffix_nodes", "repeats"):
       require(getattr(self, f) >= 1, f, ">= 1", getattr(self, f))
     require(all(0 < t <= 1 for t in self.suffix_taus), "suffix_taus", "values in (0, 1]",
             self.suffix_taus)
@@ -152,7 +154,8 @@ class Bench:
       self.spec(ids, drafter)
 
 
-def run_drafter(bench: Bench, name: str, make, reqs: list[list[int]], *, hot: bool) -> dict:
+def run_drafter(bench: Bench, name: str, make, reqs: list[list[int]], *, hot: bool,
+                repeats: int = 1) -> dict:
   """One drafter over a workload's requests in order; ``make()`` gives a fresh drafter; ``hot``
   carries Token Recycling's state across requests (a suffix drafter's global trie always
   persists within the workload). Each request's greedy run is timed right before its
@@ -163,13 +166,27 @@ def run_drafter(bench: Bench, name: str, make, reqs: list[list[int]], *, hot: bo
   lossless = True
   g_tokens = g_wall = g_cpu = 0
   for ids in reqs:
-    ref, g_s, g_c = bench.greedy(ids)
+    # best of `repeats` interleaved (greedy, speculative) pairs: a shared CPU's load spikes
+    # only ever slow a run down. Each repeat starts from the same drafter state (a host
+    # drafter is copied first: its global trie must not learn this request's own response).
+    base = drafter
+    best_g = best_r = None
+    for _ in range(repeats):
+      ref, g_s, g_c = bench.greedy(ids)
+      if best_g is None or g_s < best_g[0]:
+        best_g = (g_s, g_c)
+      d = copy.deepcopy(base) if getattr(base, "host", False) and repeats > 1 else base
+      c0 = time.process_time()
+      r1 = bench.spec(ids, d, state)
+      c1 = time.process_time() - c0
+      if best_r is None or r1.wall_s < best_r[0].wall_s:
+        best_r = (r1, c1)
+      drafter = d
+    (g_s, g_c), (r, c) = best_g, best_r
     g_tokens += len(ref)
     g_wall += g_s
     g_cpu += g_c
-    c0 = time.process_time()
-    r = bench.spec(ids, drafter, state)
-    tot["cpu"] += time.process_time() - c0
+    tot["cpu"] += c
     if hot:
       state = r.drafter_state
     out = list(map(int, r.tokens_BxM[0, :int(r.n_B[0])]))
@@ -245,7 +262,7 @@ def measure(cfg: Config, log=print) -> tuple[list[dict], dict]:
     for w in ws:
       if w not in reqs:
         continue
-      row = run_drafter(bench, name, make, reqs[w], hot=hot)
+      row = run_drafter(bench, name, make, reqs[w], hot=hot, repeats=cfg.repeats)
       row["workload"] = w
       rows.append(row)
       log(f"  {name:22s} {w:8s} MAT {row['mat']:.2f} acc {row['acceptance_rate']:.2f} "

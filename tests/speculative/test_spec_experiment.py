@@ -22,7 +22,7 @@ def test_smoke_experiment_and_bench(tmp_path):
   for fig in ("mat_by_workload.png", "speedup_vs_nodes.png"):
     assert (run_dir / fig).stat().st_size > 0
   out = tmp_path / "bench.json"
-  assert bench_speculative.main(["--smoke", "--out", str(out)]) == 0
+  assert bench_speculative.main(["--smoke", "--repeats", "2", "--out", str(out)]) == 0
   rows = json.loads(out.read_text())["rows"]
   assert {r["workload"] for r in rows} == {"code", "agentic", "chat"}
   for r in rows:
