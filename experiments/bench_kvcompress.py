@@ -257,8 +257,8 @@ def _synthetic_case(cfg, graphdef, params, policy, prompt_len, batch, ratios, st
     budget = policy.allocate(kc.uniform(cfg.n_layers, cfg.kv_heads, b_tok), obs)
     arrays = kc.budget_arrays(budget, batch)
     small_cap = int(budget.array.max()) + new_tokens
-    comp = jax.jit(lambda c, o, a: kc.resize(kc.compress_arrays(c, policy, a, o).cache,
-                                             small_cap)).lower(cache, obs0, arrays).compile()
+    comp = jax.jit(lambda c, o, a: kc.compress_arrays(c, policy, a, o, capacity=small_cap).cache
+                   ).lower(cache, obs0, arrays).compile()
     compress_s, c_small = _best(lambda: comp(cache, obs0, arrays), repeats)
     small.append((r, b_tok, compress_s, c_small))
   del cache, obs, obs0
@@ -349,8 +349,8 @@ def run_case(cfg, graphdef, params, policy, prompt_len, batch, ratios, *, window
     arrays = kc.budget_arrays(budget, batch)
     small_cap = int(budget.array.max()) + new_tokens
     obs0 = obs.replace(prompt_len=0)
-    comp = jax.jit(lambda c, o, a: kc.resize(kc.compress_arrays(c, policy, a, o).cache,
-                                             small_cap)).lower(cache, obs0, arrays).compile()
+    comp = jax.jit(lambda c, o, a: kc.compress_arrays(c, policy, a, o, capacity=small_cap).cache
+                   ).lower(cache, obs0, arrays).compile()
     compress_s, small = _best(lambda: comp(cache, obs0, arrays), repeats)
     rate = decode_rate(small, logits)
     rows.append({"prompt_len": prompt_len, "batch": batch, "policy": policy.name,

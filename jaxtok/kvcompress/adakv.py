@@ -32,6 +32,8 @@ class AdaKV(Policy):
   def needs_window(self):
     return self.inner.needs_window
 
+  merges = False  # plan_from_mask: keeps or drops only
+
   def allocate(self, budget, obs):
     return self.inner.allocate(budget, obs)
 

@@ -23,6 +23,7 @@ from jaxtok_kernels.kvcompress import merge_slots
 
 from jaxtok import cache as cache_lib
 from jaxtok.cache import EMPTY_POS, KVCache, LayerKV
+from jaxtok.config import require
 from jaxtok.kvcompress.base import Budget, LayerPlan, Observation, Policy
 
 
@@ -58,12 +59,49 @@ def segment_sums(x_BxKxSxF, dest_BxKxS):
   return jax.vmap(jax.vmap(fn))(x_BxKxSxF, dest_BxKxS)
 
 
-def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=()):
-  """One layer: (compacted + merged layer, its new mass, its new extra per-slot sums)."""
+def _gather_compact(layer: LayerKV, plan: LayerPlan, capacity: int) -> LayerKV:
+  """The kept slots gathered straight into a ``capacity``-slot layer (never a full-size copy:
+  at 8192 x 8 a SmolLM2 fp32 cache is 3 GB). Kept slots past ``capacity`` are dropped, so the
+  caller gives at least the largest per-head budget."""
+  keep_BxKxM = plan.keep_BxKxS[:, :, :capacity]
+  n_BxK = jnp.minimum(plan.n_keep_BxK.astype(jnp.int32), capacity)
+  live_BxKxM = jnp.arange(capacity)[None, None, :] < n_BxK[..., None]
+
+  def gather(x, fill):
+    idx = keep_BxKxM.reshape(*keep_BxKxM.shape, *([1] * (x.ndim - 3)))
+    g = jnp.take_along_axis(x, idx, axis=2)
+    return jnp.where(live_BxKxM.reshape(*live_BxKxM.shape, *([1] * (x.ndim - 3))), g, fill
+                     ).astype(x.dtype)
+  return LayerKV(k=gather(layer.k, 0), v=gather(layer.v, 0), length=n_BxK,
+                 pos=gather(layer.pos, EMPTY_POS))
+
+
+def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=(), *, merges: bool = True,
+                capacity: int | None = None):
+  """One layer: (compacted + merged layer, its new mass, its new extra per-slot sums).
+  ``merges=False`` (static: the plan folds nothing, every slot is kept or dropped) skips the
+  merge sums; ``capacity`` (static, <= S) gives the result that many slots directly."""
   s = layer.capacity
   valid_BxKxS = jnp.arange(s)[None, None, :] < layer.length[..., None]
   mass_BxKxS = jnp.where(valid_BxKxS, mass_BxKxS, 0.0)
   dest_BxKxS = jnp.where(valid_BxKxS, plan.dest_BxKxS, s)
+  if capacity is not None or not merges:
+    cap = s if capacity is None else capacity
+    if cap > s:
+      raise ValueError(f"capacity: expected at most the cache capacity {s}, got {cap}")
+    compact = _gather_compact(layer, plan, cap)
+    live_BxKxM = jnp.arange(cap) < compact.length[..., None]
+    if not merges:
+      out_mass = jnp.where(live_BxKxM, jnp.take_along_axis(
+          mass_BxKxS, plan.keep_BxKxS[:, :, :cap], axis=2), 0.0)
+      out_extra = tuple(jnp.where(live_BxKxM, jnp.take_along_axis(
+          jnp.where(valid_BxKxS, e, 0.0), plan.keep_BxKxS[:, :, :cap], axis=2), 0.0)
+          for e in extra)
+      return compact, out_mass, out_extra
+    full, m, ex = apply_layer(layer, plan, mass_BxKxS, extra)
+    return (full.replace(k=full.k[:, :, :cap], v=full.v[:, :, :cap], pos=full.pos[:, :, :cap],
+                         length=jnp.minimum(full.length, cap)), m[:, :, :cap],
+            tuple(e[:, :, :cap] for e in ex))
   compact = cache_lib.keep(KVCache(layers=(layer,), next_pos=jnp.zeros(layer.k.shape[:1],
                                                                          jnp.int32)),
                            (plan.keep_BxKxS,), (plan.n_keep_BxK,)).layers[0]
@@ -89,10 +127,11 @@ def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=()):
   return compact.replace(k=k, v=v), out_mass, out_extra
 
 
-def apply_plans(cache: KVCache, plans: tuple[LayerPlan, ...], mass=None, extra=None):
+def apply_plans(cache: KVCache, plans: tuple[LayerPlan, ...], mass=None, extra=None, *,
+                merges: bool = True, capacity: int | None = None):
   """Applies one plan per layer. ``mass``: per-layer f32[B, K, S] (None: every slot is one
-  token); ``extra``: per-layer tuples of per-slot statistics summed into their destination.
-  Returns (cache, mass, extra)."""
+  token); ``extra``: per-layer tuples of per-slot statistics summed into their destination;
+  ``merges`` / ``capacity``: as ``apply_layer``. Returns (cache, mass, extra)."""
   n = len(cache.layers)
   if len(plans) != n:
     raise ValueError(f"plans: expected one per layer ({n}), got {len(plans)}")
@@ -100,7 +139,7 @@ def apply_plans(cache: KVCache, plans: tuple[LayerPlan, ...], mass=None, extra=N
   extra = tuple(() for _ in range(n)) if extra is None else extra
   layers, masses, extras = [], [], []
   for layer, plan, m, e in zip(cache.layers, plans, mass, extra):
-    nl, nm, ne = apply_layer(layer, plan, m, e)
+    nl, nm, ne = apply_layer(layer, plan, m, e, merges=merges, capacity=capacity)
     layers.append(nl), masses.append(nm), extras.append(ne)
   return cache.replace(layers=tuple(layers)), tuple(masses), tuple(extras)
 
@@ -119,25 +158,34 @@ def budget_arrays(budget: Budget, batch: int):
 
 
 def compress(cache: KVCache, policy: Policy, budget: Budget, obs: Observation, *, mass=None,
-             extra=None, decoding: bool = False) -> Result:
+             extra=None, decoding: bool = False, capacity: int | None = None) -> Result:
   """Plans every layer with ``policy`` for ``budget`` (after ``policy.allocate``) and applies
   the plans. Traceable: close over policy and budget (static) under jit, or allocate on the
   host and pass the arrays to ``compress_arrays`` (one compile for every budget). The budget's
   ``fallback`` notes are host-side: read them from ``policy.allocate(budget, obs)``."""
   budget.check(len(cache.layers), cache.layers[0].length.shape[1], cache.capacity)
   budget = policy.allocate(budget, obs)
+  if capacity is not None:
+    require(capacity >= int(budget.array.max()), "capacity", "at least the largest per-head "
+            f"budget ({int(budget.array.max())})", capacity)
   return compress_arrays(cache, policy, budget_arrays(budget, cache.batch), obs, mass=mass,
-                         extra=extra, decoding=decoding)
+                         extra=extra, decoding=decoding, capacity=capacity)
 
 
 def compress_arrays(cache: KVCache, policy: Policy, budget_per_layer, obs: Observation, *,
-                    mass=None, extra=None, decoding: bool = False) -> Result:
-  """``compress`` with the budget as data: per layer i32[B, K] (already allocated)."""
+                    mass=None, extra=None, decoding: bool = False,
+                    capacity: int | None = None) -> Result:
+  """``compress`` with the budget as data: per layer i32[B, K] (already allocated).
+  ``capacity`` (static): the compressed cache gets that many slots straight away (the memory
+  is freed without a full-size intermediate; it must hold every head's kept slots - AdaKV's
+  head-wise budgets can exceed the uniform one). Policies that never merge (``merges`` False)
+  skip the merge sums."""
   planner = policy.decode_plan if decoding else policy.plan
   plans = tuple(planner(layer, obs, l, budget_per_layer[l])
                 for l, layer in enumerate(cache.layers))
   before = sum(jnp.sum(l.length) for l in cache.layers)
-  new, masses, extras = apply_plans(cache, plans, mass, extra)
+  new, masses, extras = apply_plans(cache, plans, mass, extra, merges=policy.merges,
+                                    capacity=capacity)
   after = sum(jnp.sum(l.length) for l in new.layers)
   return Result(cache=new, mass=masses, kept_fraction=after / jnp.maximum(before, 1),
                 extra=extras)

@@ -203,6 +203,7 @@ class Policy:
   """Base: subclasses set ``name`` and write ``score`` (or override ``plan``)."""
   name = "policy"
   needs_window = False  # the policy reads obs.window (SnapKV-style); its budget must exceed it
+  merges = True  # False: its plans only keep or drop (no slot folded into another); static
 
   def score(self, layer: LayerKV, obs: Observation, l: int,
             budget_BxK: Int[Array, "B K"]) -> Float[Array, "B K S"]:

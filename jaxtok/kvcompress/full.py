@@ -12,6 +12,7 @@ from jaxtok.kvcompress.base import Policy, top_plan
 @dataclasses.dataclass(frozen=True)
 class Full(Policy):
   name = "full"
+  merges = False
 
   def score(self, layer, obs, l, budget_BxK):
     return jnp.zeros(layer.pos.shape, jnp.float32)

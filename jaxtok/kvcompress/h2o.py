@@ -19,6 +19,7 @@ from jaxtok.kvcompress.base import PROTECT, Policy, recent_mask
 @dataclasses.dataclass(frozen=True)
 class H2O(Policy):
   name = "h2o"
+  merges = False
   recent_fraction: float = 0.5
 
   def __post_init__(self):

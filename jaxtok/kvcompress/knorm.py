@@ -13,6 +13,7 @@ from jaxtok.kvcompress.base import Policy
 @dataclasses.dataclass(frozen=True)
 class KNorm(Policy):
   name = "knorm"
+  merges = False
 
   def score(self, layer, obs, l, budget_BxK):
     return -jnp.linalg.norm(layer.k.astype(jnp.float32), axis=-1)

@@ -12,6 +12,7 @@ from jaxtok.kvcompress.base import Policy
 @dataclasses.dataclass(frozen=True)
 class Random(Policy):
   name = "random"
+  merges = False
   seed: int = 0
 
   def score(self, layer, obs, l, budget_BxK):

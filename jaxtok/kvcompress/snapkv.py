@@ -39,6 +39,7 @@ def pool(x_BxKxS, kernel: int, kind: str):
 @dataclasses.dataclass(frozen=True)
 class SnapKV(Policy):
   name = "snapkv"
+  merges = False
   needs_window = True
   kernel: int = 7
   pool_kind: Literal["max", "avg"] = "max"

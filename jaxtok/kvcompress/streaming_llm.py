@@ -19,6 +19,7 @@ from jaxtok.kvcompress.base import PROTECT, Policy
 @dataclasses.dataclass(frozen=True)
 class StreamingLLM(Policy):
   name = "streaming_llm"
+  merges = False
   sinks: int = 4
 
   def __post_init__(self):

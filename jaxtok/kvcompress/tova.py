@@ -18,6 +18,7 @@ from jaxtok.kvcompress.base import PROTECT, Policy, recent_mask
 @dataclasses.dataclass(frozen=True)
 class TOVA(Policy):
   name = "tova"
+  merges = False
   keep_last: bool = True
 
   def score(self, layer, obs, l, budget_BxK):

@@ -283,3 +283,29 @@ def test_ems_normalisation_ignores_protected_sinks():
     # slot 1 tops the window among candidates, slot 5 the debiased global score
     assert np.asarray(sc[0, 0, 1:]).argmax() in (0, 4) and float(sc[0, 0, 1]) >= 0.99 * float(
         sc[0, 0, 1:].max())
+
+
+@pytest.mark.parametrize("policy", [kc.SnapKV(), kc.EMS(merge_threshold=-1.0)],
+                         ids=["keep-or-drop", "merging"])
+def test_compress_to_capacity_equals_compress_then_resize(policy):
+  """``capacity=`` gathers straight into the small cache (no full-size copy) and skips the
+  merge sums for keep-or-drop policies: the same cache, mass and statistics as the full-size
+  path followed by ``resize``."""
+  _, cache, obs = prefilled()
+  budget = kc.uniform(CFG.n_layers, CFG.kv_heads, 10)
+  extra = tuple((t.sum_BxKxS,) for t in obs.total)
+  small = kc.compress(cache, policy, budget, obs, extra=extra, capacity=12)
+  arrays = kc.budget_arrays(policy.allocate(budget, obs), 2)
+  plans = tuple(policy.plan(layer, obs, l, arrays[l]) for l, layer in enumerate(cache.layers))
+  ref_c, ref_m, ref_e = apply_lib.apply_plans(cache, plans, None, extra, merges=True)
+  ref = apply_lib.Result(cache=ref_c, mass=ref_m, kept_fraction=0.0, extra=ref_e)
+  ref_cache = kc.resize(ref.cache, 12)
+  for a, b in zip(small.cache.layers, ref_cache.layers):
+    np.testing.assert_array_equal(a.length, b.length)
+    np.testing.assert_array_equal(a.pos, b.pos)
+    np.testing.assert_allclose(a.k, b.k, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a.v, b.v, rtol=1e-6, atol=1e-6)
+  for a, b in zip(small.mass, ref.mass):
+    np.testing.assert_array_equal(a, b[:, :, :12])
+  for a, b in zip(small.extra, ref.extra):
+    np.testing.assert_allclose(a[0], b[0][:, :, :12], rtol=1e-6)
