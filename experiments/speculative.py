@@ -367,7 +367,7 @@ def run(cfg: Config, out_dir, resume: bool = False) -> list[Claim]:
   sd_ag_x = _get(rows, sd, "agentic", "speedup_vs_greedy")
   pld_ag_x = _get(rows, pld, "agentic", "speedup_vs_greedy")
   best = max(rows, key=lambda r: r["speedup_vs_greedy"])
-  hf_claims = _hf_claims(rows, hf)
+  hf_claims = _hf_claims([r for r in rows if r["drafter"] in (tr_hot, pld, sd)], hf)
   return [
       Claim("lossless-greedy", TR_PAPER, "every drafter's output equals plain greedy token for "
             "token on every request", "lossless", lossless, "all outputs equal", lossless),
@@ -399,10 +399,12 @@ def run(cfg: Config, out_dir, resume: bool = False) -> list[Claim]:
 
 
 def _hf_claims(rows: list[dict], hf: dict) -> list[Claim]:
-  """Against HF transformers' prompt lookup on the same prompts, per workload, our fastest
-  drafter: (1) its speed-up over our greedy above HF PLD's over HF greedy (the algorithms, each
-  on its own framework's decode speed); (2) its tokens/s above HF PLD's (the implementations).
-  Not measured (no torch: CI) counts as not passed, with the reason."""
+  """Against HF transformers' prompt lookup on the same prompts, per workload, the best of the
+  main drafters ``rows`` (TR, PLD, suffix at the preset's settings; not the ablations, whose
+  extra noisy draws would bias a maximum): (1) the highest speed-up over our greedy above HF
+  PLD's over HF greedy (the algorithms, each on its own framework's decode speed); (2) the
+  highest tokens/s above HF PLD's (the implementations). Not measured (no torch: CI) counts
+  as not passed, with the reason."""
   ref = "HF transformers prompt_lookup_num_tokens"
   if "workloads" not in hf:
     why = {"skipped": hf.get("skipped", "no transformers numbers")}
@@ -412,10 +414,12 @@ def _hf_claims(rows: list[dict], hf: dict) -> list[Claim]:
             Claim("tokens-per-s-above-hf-pld", ref, "our fastest drafter's tokens/s is above "
                   "HF prompt lookup's on every workload", None, why, "not measured", False)]
   ws = sorted(w for w in hf["workloads"] if any(r["workload"] == w for r in rows))
+  fast = {w: max((r for r in rows if r["workload"] == w), key=lambda r: r["speedup_vs_greedy"])
+          for w in ws}
   best = {w: max((r for r in rows if r["workload"] == w), key=lambda r: r["tokens_per_s"])
           for w in ws}
   ratio = {w: {"drafter": b["drafter"], "ours": b["speedup_vs_greedy"],
-               "hf_pld": hf["workloads"][w]["pld_speedup"]} for w, b in best.items()}
+               "hf_pld": hf["workloads"][w]["pld_speedup"]} for w, b in fast.items()}
   tps = {w: {"drafter": b["drafter"], "ours": b["tokens_per_s"],
              "hf_pld": hf["workloads"][w]["pld_tokens_per_s"],
              "ratio": b["speedup_vs_hf_pld"]} for w, b in best.items()}
