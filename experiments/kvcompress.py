@@ -243,6 +243,10 @@ def run_kvpress_passkey(cfg, tok, n, ctx, q, keys, log):
   for row, case in zip(out["passkey"], cases):
     ratio = "full" if case[0] == "full" else cfg.keep_ratios[
         [max(1, int(r * n)) for r in cfg.keep_ratios].index(case[2])]
+    if "error" in row:
+      table.setdefault(f"{case[0]}@{ratio}", {})[case[1]] = {"accuracy": None,
+                                                             "error": row["error"]}
+      continue
     acc = float(np.mean(_answers(tok, row["tokens"], keys)))
     table.setdefault(f"{case[0]}@{ratio}", {})[case[1]] = {
         "accuracy": acc, "kept_fraction": row["kept_fraction"]}
@@ -417,7 +421,8 @@ def run_ppl(cfg, mcfg, graphdef, params, tok, bids, log):
     kt = {}
     for row, case in zip(out["ppl"][1:], cases[1:]):
       r = cfg.ppl_ratios[[max(1, int(x * h)) for x in cfg.ppl_ratios].index(case[1])]
-      kt[f"{case[0]}@{r}"] = {"dppl": math.exp(row["nll"] - kfull) - 1.0, "nll": row["nll"]}
+      kt[f"{case[0]}@{r}"] = ({"dppl": None, "error": row["error"]} if row["nll"] is None else
+                              {"dppl": math.exp(row["nll"] - kfull) - 1.0, "nll": row["nll"]})
     res["kvpress"] = {"full_ppl": math.exp(kfull), "table": kt}
     log({"phase": "kvpress_ppl", **res["kvpress"]})
   return res
