@@ -19,6 +19,9 @@ accuracy and ΔPPL) is the one entry point to that helper.
 
   jaxtok bench kvcompress                       # prompt 2048 and 8192, batch 1 and 8
   jaxtok bench kvcompress --quick               # prompt 1024, batch 1, budget 10%
+  jaxtok bench kvcompress --prompt-len 8192 --batch 8 --repeats 1 --synthetic-cache
+      # decode tok/s, cache bytes, compression time on a random 8192 x 8 cache (no prefill)
+  jaxtok bench kvcompress --quick --torch-python /work/torchvenv/bin/python   # + kvpress
 """
 from __future__ import annotations
 

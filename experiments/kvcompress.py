@@ -21,7 +21,9 @@ accuracy per protocol and budget, ΔPPL (against kvpress's own full cache), and 
 with and without the press beside ours (plain prefill vs observation prefill + compression).
 SnapKV and PyramidKV use kvpress's options here (average pooling, kernel 5); their kept slots
 then match kvpress's exactly (tests/kvcompress/test_kvpress_parity.py). PyramidKV's per-layer
-schedules differ (kvpress: no window term, falls back silently; ours: ``kvcompress.pyramid``).
+schedules differ (kvpress: no window term, falls back silently; ours: ``kvcompress.pyramid``);
+kvpress's PyramidKV leaves layers of different lengths, which break the CPU sdpa mask of the
+next forward (recorded as an error per case, not a number).
 """
 from __future__ import annotations
 
