@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 if TYPE_CHECKING:  # jaxtok.nn imports this module
   from jaxtok.nn.config import ModelConfig
@@ -45,6 +45,16 @@ class LayerKV:
   @property
   def capacity(self) -> int:
     return self.k.shape[2]
+
+
+@struct.dataclass
+class SelectedLayerKV(LayerKV):
+  """A layer whose committed slots are attended only where ``selected`` (SentenceKV's decoding,
+  arXiv 2504.00970 §3.3: the full cache stays, each (row, kv head) reads its chosen slots).
+  Made by ``select``; the model's attention takes it through
+  ``jaxtok_kernels.selected_attention``. Every other cache operation treats it as a LayerKV
+  (``keep`` does not move ``selected``: select after compacting, not before)."""
+  selected: Bool[Array, "B K S"]
 
 
 @struct.dataclass
@@ -155,4 +165,22 @@ def keep(cache: KVCache, keep_per_layer: tuple[Int[Array, "B K M"], ...],
     layers.append(layer.replace(k=gather(layer.k, 0), v=gather(layer.v, 0),
                                 pos=gather(layer.pos, EMPTY_POS),
                                 length=jnp.minimum(n_BxK.astype(jnp.int32), m)))
+  return cache.replace(layers=tuple(layers))
+
+
+def select(cache: KVCache, selected_per_layer: tuple[Bool[Array, "B K S"], ...]) -> KVCache:
+  """The cache with layer i attending only its committed slots where
+  ``selected_per_layer[i]`` [B, K, S], plus every slot written from now on (a generated token
+  is always attended); a plain ``decode`` loop then decodes over the selection."""
+  if len(selected_per_layer) != len(cache.layers):
+    raise ValueError(f"select: expected one selection per layer ({len(cache.layers)}), got "
+                     f"{len(selected_per_layer)}")
+  layers = []
+  for layer, sel_BxKxS in zip(cache.layers, selected_per_layer):
+    if sel_BxKxS.shape != layer.pos.shape:
+      raise ValueError(f"select: selections must have the cache's [B, K, S] shape "
+                       f"{layer.pos.shape}, got {sel_BxKxS.shape}")
+    future_BxKxS = jnp.arange(layer.capacity)[None, None, :] >= layer.length[..., None]
+    layers.append(SelectedLayerKV(k=layer.k, v=layer.v, length=layer.length, pos=layer.pos,
+                                  selected=sel_BxKxS.astype(bool) | future_BxKxS))
   return cache.replace(layers=tuple(layers))

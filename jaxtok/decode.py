@@ -109,16 +109,22 @@ class DecodeState:
   key: jax.Array
 
 
-def start(graphdef: nnx.GraphDef, params, prompt_BxT, prompt_len_B, key, *, capacity: int,
-          max_new_tokens: int) -> DecodeState:
-  """A fresh cache, the prefilled prompts, an empty output buffer (traceable)."""
-  b = prompt_BxT.shape[0]
-  cfg = nnx.merge(graphdef, params).cfg
-  logits_BxV, cache = prefill(graphdef, params, init_cache(cfg, b, capacity), prompt_BxT,
-                              prompt_len_B)
+def initial_state(cache: KVCache, logits_BxV: Float[Array, "B V"], key, *,
+                  max_new_tokens: int) -> DecodeState:
+  """The loop's carry before the first token: a prefilled cache and its rows' last logits."""
+  b = logits_BxV.shape[0]
   return DecodeState(step=jnp.int32(0), cache=cache, logits_BxV=logits_BxV,
                      tokens_BxN=jnp.zeros((b, max_new_tokens), jnp.int32),
                      n_B=jnp.zeros((b,), jnp.int32), done_B=jnp.zeros((b,), bool), key=key)
+
+
+def start(graphdef: nnx.GraphDef, params, prompt_BxT, prompt_len_B, key, *, capacity: int,
+          max_new_tokens: int) -> DecodeState:
+  """A fresh cache, the prefilled prompts, an empty output buffer (traceable)."""
+  cfg = nnx.merge(graphdef, params).cfg
+  logits_BxV, cache = prefill(graphdef, params, init_cache(cfg, prompt_BxT.shape[0], capacity),
+                              prompt_BxT, prompt_len_B)
+  return initial_state(cache, logits_BxV, key, max_new_tokens=max_new_tokens)
 
 
 def decode_body(graphdef: nnx.GraphDef, params, state: DecodeState, *, sampling: Sampling,
@@ -135,19 +141,27 @@ def decode_body(graphdef: nnx.GraphDef, params, state: DecodeState, *, sampling:
                      tokens_BxN=tokens_BxN, n_B=n_B, done_B=done_B, key=key)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "max_new_tokens",
-                                              "sampling", "eos_id"))
-def generate_on_device(graphdef, params, prompt_BxT, prompt_len_B, key, *, capacity,
-                       max_new_tokens, sampling, eos_id):
-  """Prefill + ``lax.while_loop`` over ``decode_body``; returns (tokens_BxN, n_B)."""
-  state = start(graphdef, params, prompt_BxT, prompt_len_B, key, capacity=capacity,
-                max_new_tokens=max_new_tokens)
+def decode_loop(graphdef: nnx.GraphDef, params, state: DecodeState, *, sampling: Sampling,
+                eos_id: int | None) -> DecodeState:
+  """``lax.while_loop`` over ``decode_body`` until the output buffer is full or every row is
+  done (traceable; any cache whose layers the model can attend, e.g. a selected one)."""
+  max_new_tokens = state.tokens_BxN.shape[1]
 
   def cond(s: DecodeState):
     return (s.step < max_new_tokens) & ~jnp.all(s.done_B)
 
   body = functools.partial(decode_body, graphdef, params, sampling=sampling, eos_id=eos_id)
-  state = jax.lax.while_loop(cond, body, state)
+  return jax.lax.while_loop(cond, body, state)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "max_new_tokens",
+                                              "sampling", "eos_id"))
+def generate_on_device(graphdef, params, prompt_BxT, prompt_len_B, key, *, capacity,
+                       max_new_tokens, sampling, eos_id):
+  """Prefill + ``decode_loop``; returns (tokens_BxN, n_B)."""
+  state = start(graphdef, params, prompt_BxT, prompt_len_B, key, capacity=capacity,
+                max_new_tokens=max_new_tokens)
+  state = decode_loop(graphdef, params, state, sampling=sampling, eos_id=eos_id)
   return state.tokens_BxN, state.n_B
 
 

@@ -25,12 +25,11 @@ from flax import nnx
 from jaxtok_kernels.selected_attention import from_indices
 
 from jaxtok import cache as cache_lib
+from jaxtok import decode
 from jaxtok.cache import init_cache
 from jaxtok.config import require
 from jaxtok.kvcompress.apply import budget_arrays
 from jaxtok.kvcompress.base import PROTECT, Policy, observe, recent_mask, uniform, valid_slots
-from jaxtok.nn import attention as attn_lib
-from jaxtok.nn.transformer import forward
 
 
 def sentence_ids(tokens_BxS, boundary_ids):
@@ -76,12 +75,13 @@ class SentenceKV(Policy):
 # ---- decoding with selected attention (§3.3) -------------------------------------------------
 # The full prompt cache is kept (the paper's offloaded token KV) and every (layer, row, kv head)
 # attends only to its selected slots - sinks + observation window + the sentences it ranked
-# highest, up to the budget - plus every generated token, through
-# jaxtok_kernels.selected_attention (on TPU/GPU a kernel that reads only the cache blocks
-# holding a selected slot). Our choice: the selection is made once, from the prompt's window
-# queries (the forward does not return per-layer decode queries, so the paper's per-step
-# q_bar ranking is not re-run); decoding over the selection then equals decoding over the
-# cache compressed to it (tests/kvcompress/test_sentencekv_kernel.py).
+# highest, up to the budget - plus every generated token: ``jaxtok.cache.select`` makes the
+# layers ``SelectedLayerKV``, which the model reads through jaxtok_kernels.selected_attention
+# (on TPU/GPU a kernel that visits only the cache blocks holding a selected slot), and the
+# plain decode loop runs over it. Our choice: the selection is made once, from the prompt's
+# window queries (the forward does not return per-layer decode queries, so the paper's per-step
+# q_bar ranking is not re-run); decoding over the selection then equals decoding over the cache
+# compressed to it (tests/kvcompress/test_sentencekv_kernel.py).
 
 def selections(cache, obs, policy: SentenceKV, budget_tokens: int):
   """Per layer bool[B, K, S]: the slots the policy's plan keeps at ``budget_tokens`` per head."""
@@ -95,56 +95,36 @@ def selections(cache, obs, policy: SentenceKV, budget_tokens: int):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "policy", "budget_tokens", "window",
-                                             "capacity"))
-def _prefill_and_select(graphdef, params, tokens_BxT, *, policy, budget_tokens, window,
-                        capacity):
+                                             "max_new_tokens"))
+def _generate(graphdef, params, tokens_BxT, *, policy, budget_tokens, window, max_new_tokens):
   cfg = nnx.merge(graphdef, params).cfg
+  capacity = tokens_BxT.shape[1] + max_new_tokens
   logits_BxV, cache, obs = observe(graphdef, params, init_cache(cfg, tokens_BxT.shape[0],
                                                                 capacity), tokens_BxT, window)
-  return logits_BxV, cache, selections(cache, obs, policy, budget_tokens)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "implementation"))
-def _decode_selected(graphdef, params, cache, logits_BxV, selected, *, n, implementation):
-  def step(carry, _):
-    cache, logits_BxV, selected = carry
-    token_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    with attn_lib.selecting(selected, implementation):
-      out = forward(graphdef, params, token_B[:, None], cache.next_pos[:, None], cache=cache)
-    # The token just written (slot = length) is attended from the next step on.
-    selected = tuple(sel | (jnp.arange(sel.shape[-1]) == layer.length[..., None])
-                     for sel, layer in zip(selected, cache.layers))
-    cache = cache_lib.commit(out.cache, jnp.ones_like(token_B))
-    return (cache, out.logits[:, 0], selected), (token_B, logits_BxV)
-
-  (cache, logits_BxV, selected), (tokens_NxB, logits_NxBxV) = jax.lax.scan(
-      step, (cache, logits_BxV, selected), None, length=n)
-  return tokens_NxB.T, jnp.swapaxes(logits_NxBxV, 0, 1), cache, selected
+  selected = selections(cache, obs, policy, budget_tokens)
+  state = decode.initial_state(cache_lib.select(cache, selected), logits_BxV, jax.random.key(0),
+                               max_new_tokens=max_new_tokens)
+  state = decode.decode_loop(graphdef, params, state, sampling=decode.Sampling(), eos_id=None)
+  return state, selected
 
 
 def generate(graphdef, params, prompt_BxT, *, policy: SentenceKV, budget_tokens: int,
-             max_new_tokens: int, window: int = 32, implementation: str | None = None):
-  """Greedy decoding over the full prompt cache with selected attention. Returns (tokens
-  i32[B, N], info) with info = {"logits": f32[B, N, V] of each generated token's step,
-  "selected_fraction": attended prompt slots / prompt slots, "cache", "selected"}.
-  ``implementation`` ("xla" | "pallas" | None): the selected attention's, overriding the
-  model's attention_impl while decoding."""
+             max_new_tokens: int, window: int = 32):
+  """Greedy decoding over the full prompt cache with selected attention (the model's
+  ``attention_impl`` picks the kernel). Returns (tokens i32[B, N], info) with info =
+  {"logits": f32[B, V] after the last token, "selected_fraction": attended prompt slots /
+  prompt slots, "cache": the final (selected) cache}."""
   cfg = nnx.merge(graphdef, params).cfg
   prompt_BxT = jnp.asarray(prompt_BxT, jnp.int32)
   t = prompt_BxT.shape[1]
   require(0 < budget_tokens <= t, "budget_tokens", f"in (0, prompt length {t}]", budget_tokens)
   require(max_new_tokens > 0, "max_new_tokens", "> 0", max_new_tokens)
-  require(implementation in (None, "xla", "pallas"), "implementation",
-          "None, 'xla' or 'pallas'", implementation)
   require(int(prompt_BxT.min()) >= 0 and int(prompt_BxT.max()) < cfg.vocab_size, "prompt_BxT",
           f"token ids in [0, {cfg.vocab_size})", (int(prompt_BxT.min()), int(prompt_BxT.max())))
-  logits_BxV, cache, selected = _prefill_and_select(
-      graphdef, params, prompt_BxT, policy=policy, budget_tokens=budget_tokens, window=window,
-      capacity=t + max_new_tokens)
+  state, selected = _generate(graphdef, params, prompt_BxT, policy=policy,
+                              budget_tokens=budget_tokens, window=window,
+                              max_new_tokens=max_new_tokens)
   kept = float(sum(jnp.sum(s) for s in selected)) / (len(selected) * selected[0].shape[0]
                                                      * selected[0].shape[1] * t)
-  tokens, logits, cache, selected = _decode_selected(graphdef, params, cache, logits_BxV,
-                                                     selected, n=max_new_tokens,
-                                                     implementation=implementation)
-  return tokens, {"logits": logits, "selected_fraction": kept, "cache": cache,
-                  "selected": selected}
+  return state.tokens_BxN, {"logits": state.logits_BxV, "selected_fraction": kept,
+                            "cache": state.cache}

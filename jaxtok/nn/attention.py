@@ -26,8 +26,7 @@ TPU/GPU).
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import functools
 from typing import Literal
 
 import jax
@@ -44,6 +43,7 @@ from jaxtok_kernels.attn_stats.reference import last_row
 from jaxtok_kernels.selected_attention import selected_attention
 from jaxtok_kernels.tree_attention import tree_attention_reference
 
+from jaxtok.cache import LayerKV, SelectedLayerKV
 from jaxtok.nn import masks
 
 # Causal blocks up to this length attend densely (fastest on CPU); longer ones in chunks.
@@ -73,45 +73,6 @@ class SoftmaxResidual:
   slot_sum_BxKxS: Float[Array, "B K S"] | None = None
   block_sum_BxKxT: Float[Array, "B K T"] | None = None
   implementation: str | None = struct.field(pytree_node=False, default=None)
-
-
-# Per-layer cache-slot selections that cached attention honours while a forward is traced
-# inside ``selecting`` (SentenceKV decoding). A trace-time context, as jaxtok_kernels.common's
-# compile_for: the forward's signature stays as it is.
-_SELECTION: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
-    "jaxtok_attention_selection", default=None)
-
-
-@contextlib.contextmanager
-def selecting(selected_per_layer, implementation: Implementation | None = None):
-  """While a forward with a cache is traced in this block, layer i's cached attention attends
-  only to its committed slots with ``selected_per_layer[i][b, k, s]`` (bool [B, K, S]) plus the
-  block itself under the mask (``jaxtok_kernels.selected_attention``: Pallas on TPU/GPU, the
-  reference elsewhere). Enter it inside the traced function (a jitted forward traced outside
-  would not see it); exactly one forward must consume the selections, layer by layer, or the
-  block raises on exit. ``implementation`` overrides the model's attention_impl for the
-  selected attention. Long causal blocks and statistics are not supported under a selection.
-  """
-  state = {"layers": tuple(selected_per_layer), "next": 0, "implementation": implementation}
-  token = _SELECTION.set(state)
-  try:
-    yield
-  finally:
-    _SELECTION.reset(token)
-  if state["next"] != len(state["layers"]):
-    raise RuntimeError(f"selecting: {len(state['layers'])} layer selections given, "
-                       f"{state['next']} consumed (one forward with a cache must run inside)")
-
-
-def _next_selection():
-  state = _SELECTION.get()
-  if state is None:
-    return None
-  if state["next"] >= len(state["layers"]):
-    raise RuntimeError(f"selecting: more cached attention calls than the "
-                       f"{len(state['layers'])} layer selections given")
-  state["next"] += 1
-  return state["layers"][state["next"] - 1], state["implementation"]
 
 
 def is_long_causal(mask, t: int) -> bool:
@@ -209,18 +170,6 @@ def cached_attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh, v_c
   """
   b, t = q_BxTxHxDh.shape[:2]
   impl = _kernel_impl(implementation)
-  selection = _next_selection()
-  if selection is not None:
-    selected_BxKxS, override = selection
-    if return_lse or is_long_causal(mask, t):
-      raise NotImplementedError("selecting: a slot selection takes neither statistics nor a "
-                                "long causal block (decoding attends short blocks)")
-    s = k_cache_BxKxSxDh.shape[2]
-    committed = jnp.arange(s)[None, None, :] < cache_len_BxK[..., None]
-    return selected_attention(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh,
-                              selected_BxKxS & committed, k_new_BxTxKxDh, v_new_BxTxKxDh,
-                              masks.as_array(mask, b, t),
-                              implementation=impl if override is None else _kernel_impl(override))
   if return_lse and (impl == "xla" or (impl is None and common.backend() not in ("tpu", "gpu"))):
     return _cached_fused(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK,
                          k_new_BxTxKxDh, v_new_BxTxKxDh, mask)
@@ -229,6 +178,35 @@ def cached_attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh, v_c
   if not return_lse:
     return res
   return res[0], SoftmaxResidual(res[1], implementation=impl)
+
+
+@functools.singledispatch
+def attend_layer(layer: LayerKV, q_BxTxHxDh: Float[Array, "B T H Dh"],
+                 k_new_BxTxKxDh: Float[Array, "B T K Dh"], v_new_BxTxKxDh: Float[Array, "B T K Dh"],
+                 mask: masks.Mask, *, return_lse: bool = False,
+                 implementation: Implementation = "auto"):
+  """The block attends to ``layer`` (a cache layer with the block already written at
+  ``length``): the attention is chosen by the layer's type, so a new way of reading the cache
+  is a new cache type registered here, not a flag. A ``LayerKV`` is read by
+  ``cached_attention``."""
+  return cached_attention(q_BxTxHxDh, layer.k, layer.v, layer.length, k_new_BxTxKxDh,
+                          v_new_BxTxKxDh, mask, return_lse=return_lse,
+                          implementation=implementation)
+
+
+@attend_layer.register(SelectedLayerKV)
+def _(layer: SelectedLayerKV, q_BxTxHxDh, k_new_BxTxKxDh, v_new_BxTxKxDh, mask, *,
+      return_lse=False, implementation="auto"):
+  """Only the selected committed slots, plus the block (``jaxtok_kernels.selected_attention``:
+  Pallas on TPU/GPU, the reference elsewhere)."""
+  b, t = q_BxTxHxDh.shape[:2]
+  if return_lse or is_long_causal(mask, t):
+    raise NotImplementedError("SelectedLayerKV: selected attention takes neither statistics "
+                              "nor a long causal block (it serves decoding)")
+  committed_BxKxS = jnp.arange(layer.capacity)[None, None, :] < layer.length[..., None]
+  return selected_attention(q_BxTxHxDh, layer.k, layer.v, layer.selected & committed_BxKxS,
+                            k_new_BxTxKxDh, v_new_BxTxKxDh, masks.as_array(mask, b, t),
+                            implementation=_kernel_impl(implementation))
 
 
 def _cached_fused(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK, k_new_BxTxKxDh,

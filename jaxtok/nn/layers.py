@@ -118,10 +118,9 @@ class Attention(nnx.Module):
       # (tests/test_decode.py checks the compiled loop).
       written = jax.lax.optimization_barrier(write_block(layer, k_BxTxKxDh, v_BxTxKxDh, pos_BxT))
       if not self_only:
-        res = attn_lib.cached_attention(q_BxTxHxDh, written.k, written.v, layer.length,
-                                        k_BxTxKxDh, v_BxTxKxDh, mask, return_lse=return_stats,
-                                        implementation=self.implementation)
-    o_BxTxHxDh, lse_BxTxH = res if return_stats else (res, None)
+        res = attn_lib.attend_layer(written, q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, mask,
+                                    return_lse=return_stats, implementation=self.implementation)
+    o_BxTxHxDh, residual = res if return_stats else (res, None)
     stats = None
     if return_stats:
       # Without a cache the block's own keys are the slots; a fresh cache holds only the block.
@@ -129,7 +128,7 @@ class Attention(nnx.Module):
                                    jnp.zeros((b, k_BxTxKxDh.shape[2]), jnp.int32))
                                   if layer is None else (written.k, layer.length))
       stats = attn_lib.slot_stats(q_BxTxHxDh, keys_BxKxSxDh, start_BxK, mask, pos_BxT >= 0,
-                                  lse_BxTxH)
+                                  residual)
     h, dh = self.wo.shape[:2]
     out_NxD = matmul(o_BxTxHxDh.astype(dt).reshape(b * t, h * dh),
                      self.wo[...].astype(dt).reshape(h * dh, d))

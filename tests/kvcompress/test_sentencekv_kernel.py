@@ -1,6 +1,8 @@
 """SentenceKV decoding through selected attention (arXiv 2504.00970 §3.3): the kernel path
 (Pallas selected attention, interpret mode on CPU) equals the reference path, and both equal
 plain decoding over the cache compressed to the same selection (same slots, same positions)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +10,11 @@ import pytest
 from flax import nnx
 
 from jaxtok import kvcompress as kc
+from jaxtok import cache as cache_lib
 from jaxtok.cache import init_cache
 from jaxtok.config import ConfigError
 from jaxtok.decode import decode_step
 from jaxtok.kvcompress import sentencekv
-from jaxtok.nn import attention as attn_lib
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.transformer import forward, init_model
 
@@ -39,17 +41,19 @@ def test_kernel_path_equals_reference_path_equals_compressed_cache(model):
   prompt = _prompt()
 
   def run(impl):
-    return sentencekv.generate(g, p, prompt, policy=POLICY, budget_tokens=BUDGET,
-                               max_new_tokens=NEW, window=WINDOW, implementation=impl)
+    graphdef = nnx.graphdef(init_model(dataclasses.replace(CFG, attention_impl=impl), seed=3))
+    return sentencekv.generate(graphdef, p, prompt, policy=POLICY, budget_tokens=BUDGET,
+                               max_new_tokens=NEW, window=WINDOW)
   tok_x, info_x = run("xla")
   tok_k, info_k = run("pallas")
   np.testing.assert_array_equal(tok_k, tok_x)
   np.testing.assert_allclose(info_k["logits"], info_x["logits"], atol=1e-5)
   # Each (layer, row, head) attends exactly BUDGET prompt slots, whole sentences mostly.
   assert info_x["selected_fraction"] == pytest.approx(BUDGET / T)
-  for sel in info_x["selected"]:
-    np.testing.assert_array_equal(sel[:, :, :T].sum(-1), BUDGET)
-    np.testing.assert_array_equal(sel[:, :, T:T + NEW], True)  # generated tokens attended
+  for layer in info_x["cache"].layers:
+    assert isinstance(layer, cache_lib.SelectedLayerKV)
+    np.testing.assert_array_equal(layer.selected[:, :, :T].sum(-1), BUDGET)
+    np.testing.assert_array_equal(layer.selected[:, :, T:T + NEW], True)  # generated tokens
 
   # The same slots kept by compression, then plain greedy decoding: the same computation.
   logits, cache, obs = jax.jit(lambda p, x: kc.observe(g, p, init_cache(CFG, 2, T + NEW), x,
@@ -57,10 +61,17 @@ def test_kernel_path_equals_reference_path_equals_compressed_cache(model):
   small = kc.compress(cache, POLICY, kc.uniform(CFG.n_layers, CFG.kv_heads, BUDGET), obs).cache
   step = jax.jit(lambda p, c, tok: decode_step(g, p, c, tok))
   for i in range(NEW):
-    np.testing.assert_allclose(logits, info_x["logits"][:, i], atol=1e-5)
     tok = jnp.argmax(logits, -1).astype(jnp.int32)
     np.testing.assert_array_equal(tok, tok_x[:, i])
     logits, small = step(p, small, tok)
+  np.testing.assert_allclose(logits, info_x["logits"], atol=1e-5)
+  # Selecting every slot is plain attention over the full cache; the budget's selection is not.
+  everything = cache_lib.select(cache, tuple(jnp.ones_like(l.pos, bool) for l in cache.layers))
+  all_logits, _ = step(p, everything, tok_x[:, 0])
+  plain_logits, _ = step(p, cache, tok_x[:, 0])
+  np.testing.assert_allclose(all_logits, plain_logits, atol=1e-5)
+  small = kc.compress(cache, POLICY, kc.uniform(CFG.n_layers, CFG.kv_heads, BUDGET), obs).cache
+  assert not np.allclose(step(p, small, tok_x[:, 0])[0], plain_logits, atol=1e-3)
 
 
 def test_selection_misuse_raises(model):
@@ -68,7 +79,14 @@ def test_selection_misuse_raises(model):
   with pytest.raises(ConfigError, match="budget_tokens"):
     sentencekv.generate(g, p, _prompt(), policy=POLICY, budget_tokens=T + 1, max_new_tokens=2)
   cache = init_cache(CFG, 2, 8)
-  sel = tuple(jnp.ones((2, CFG.kv_heads, 8), bool) for _ in range(CFG.n_layers - 1))
-  with pytest.raises(RuntimeError, match="layer selections"):
-    with attn_lib.selecting(sel):
-      forward(g, p, jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32), cache=cache)
+  with pytest.raises(ValueError, match="one selection per layer"):
+    cache_lib.select(cache, tuple(jnp.ones((2, CFG.kv_heads, 8), bool)
+                                  for _ in range(CFG.n_layers - 1)))
+  with pytest.raises(ValueError, match="shape"):
+    cache_lib.select(cache, tuple(jnp.ones((2, CFG.kv_heads, 7), bool)
+                                  for _ in range(CFG.n_layers)))
+  selected = cache_lib.select(cache, tuple(jnp.ones((2, CFG.kv_heads, 8), bool)
+                                           for _ in range(CFG.n_layers)))
+  with pytest.raises(NotImplementedError, match="statistics"):
+    forward(g, p, jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32), cache=selected,
+            return_stats=True)
