@@ -34,11 +34,7 @@ from jaxtok_experiments.torch_ref import run_json
 # dequantised to fp32. Per prompt greedy then PLD (adjacent runs see the same load), after one
 # untimed warm-up request per mode. Tokens past new_tokens (HF's PLD can overshoot max_new_tokens) are not counted.
 HF_SCRIPT = r'''
-import os
-# OpenMP's default active waiting makes torch 10-40x slower on a shared, oversubscribed CPU
-# (measured: a [1, 576] x [576, 1536] matmul 12 ms instead of 0.3 ms); passive waiting keeps HF
-# at its real speed. Set before torch loads libgomp.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import os  # OMP_WAIT_POLICY comes from torch_ref.run_json
 import json, sys, time
 import torch, transformers
 from pathlib import Path

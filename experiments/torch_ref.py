@@ -3,6 +3,7 @@ dependency) and read back the JSON it prints on a line starting with ``JSON:``."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 
@@ -10,8 +11,12 @@ import tempfile
 def run_json(python: str, script: str, job: dict) -> dict:
   # Run from a neutral directory: `python -c` puts the cwd on sys.path, and this repo's kernels/
   # folder would shadow the hub `kernels` package that transformers probes for.
+  # OpenMP's default active waiting makes torch 10-40x slower on a shared, oversubscribed CPU
+  # (measured: a [1, 576] x [576, 1536] matmul 12 ms instead of 0.3 ms); passive waiting keeps
+  # the reference at its real speed.
+  env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
   proc = subprocess.run([python, "-c", script, json.dumps(job)], capture_output=True, text=True,
-                        cwd=tempfile.gettempdir())
+                        cwd=tempfile.gettempdir(), env=env)
   line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:")]
   if proc.returncode or not line:
     raise RuntimeError(f"transformers reference failed ({python}):\n{proc.stderr[-2000:]}")
