@@ -57,6 +57,13 @@ def is_pow2(x: int) -> bool:
   return x >= 1 and (x & (x - 1)) == 0
 
 
+def broadcastable(shape, target) -> bool:
+  """``shape`` broadcasts to ``target`` (numpy rules: trailing axes equal or 1)."""
+  if len(shape) > len(target):
+    return False
+  return all(a in (1, t) for a, t in zip(shape[::-1], target[::-1]))
+
+
 def validate_tpu_block(name: str, block_shape: tuple[int, ...],
                        array_shape: tuple[int, ...]) -> None:
   """Raise BlockSizeError unless `block_shape` obeys the TPU (8, 128) tiling rule.

@@ -37,19 +37,13 @@ def validate_inputs(q, k, start, lse, query_valid, block_mask) -> None:
   if query_valid.shape != (b, t):
     raise ValueError(f"query_valid_BxT must have shape [B, T] = {(b, t)}, got "
                      f"{query_valid.shape}")
-  if block_mask is not None and not _broadcastable(block_mask.shape, (b, t, t)):
+  if block_mask is not None and not common.broadcastable(block_mask.shape, (b, t, t)):
     raise ValueError(f"block_mask_BxTxT must broadcast to [B, T, T] = {(b, t, t)} or be None "
                      f"(causal), got {block_mask.shape}")
   starts = common.concrete_int_array(start)
   if starts is not None and starts.size and (starts.min() < 0 or starts.max() + t > s):
     raise ValueError(f"start_BxK must lie in [0, S - T] = [0, {s - t}] (the block is written "
                      f"at start .. start + T), got {starts.tolist()}")
-
-
-def _broadcastable(shape, target) -> bool:
-  if len(shape) > len(target):
-    return False
-  return all(a in (1, t) for a, t in zip(shape[::-1], target[::-1]))
 
 
 def fold_queries(q_BxTxHxDh, kv_heads: int, t_pad: int):

@@ -36,7 +36,7 @@ def validate_inputs(q, k_cache, v_cache, cache_len, k_new, v_new, block_mask) ->
     if x.shape != (b, t, kv, dh):
       raise ValueError(f"{name} must have shape [B, T, K, Dh] = {(b, t, kv, dh)}, got "
                        f"{x.shape}")
-  if not _broadcastable(block_mask.shape, (b, t, t)):
+  if not common.broadcastable(block_mask.shape, (b, t, t)):
     raise ValueError(f"block_mask_BxTxT must have shape [B, T, T] = {(b, t, t)} (or broadcast "
                      f"to it), got {block_mask.shape}")
   if cache_len.shape != (b, kv):
@@ -47,12 +47,6 @@ def validate_inputs(q, k_cache, v_cache, cache_len, k_new, v_new, block_mask) ->
   lens = common.concrete_int_array(cache_len)
   if lens is not None and lens.size and (lens.min() < 0 or lens.max() > s):
     raise ValueError(f"cache_len_BxK must lie in [0, S={s}], got {lens.tolist()}")
-
-
-def _broadcastable(shape, target) -> bool:
-  if len(shape) > len(target):
-    return False
-  return all(a in (1, t) for a, t in zip(shape[::-1], target[::-1]))
 
 
 def fold_queries(q_BxTxHxDh, kv_heads: int, t_pad: int):
