@@ -102,8 +102,8 @@ def generate(graphdef, params, prompt_BxT, *, policy: Policy, budget_tokens: int
     cache, acc, mass, logits_BxV, toks_BxN, _ = _chunk(graphdef, params, cache, acc, mass,
                                                        logits_BxV, policy=policy,
                                                        budget=budget, every=every)
-    out.append(np.asarray(toks_BxN))
-  tokens = np.concatenate(out, axis=1)[:, :max_new_tokens]
+    out.append(toks_BxN)  # stays on device: no host sync between chunks
+  tokens = np.asarray(jnp.concatenate(out, axis=1))[:, :max_new_tokens]
   return tokens, {"capacity": capacity, "prefill_kept_fraction": float(kept), "cache": cache}
 
 
@@ -126,11 +126,11 @@ def score(graphdef, params, tokens_BxT, prompt_len: int, *, policy: Policy, budg
   cache, acc, mass, _ = _first_compress(cache, obs, policy=policy, budget=budget,
                                         capacity=capacity)
   budget = uniform(cfg.n_layers, cfg.kv_heads, budget_tokens)
-  total = 0.0
+  total = jnp.float32(0.0)  # summed on device: no host sync between chunks
   for c in range(n // every):
     forced = tokens_BxT[:, prompt_len + c * every:prompt_len + (c + 1) * every]
     cache, acc, mass, logits_BxV, _, nll_BxN = _chunk(graphdef, params, cache, acc, mass,
                                                       logits_BxV, forced, policy=policy,
                                                       budget=budget, every=every)
-    total += float(jnp.sum(nll_BxN))
-  return total / (b * n)
+    total += jnp.sum(nll_BxN)
+  return float(total) / (b * n)
