@@ -352,8 +352,11 @@ def run(cfg: Config, out_dir, resume: bool = False) -> list[Claim]:
   hf = meta["transformers"]
   lines = table_lines(rows, hf)
   print("\n".join(lines))
-  (out_dir / "summary.json").write_text(json.dumps({"rows": rows, **meta, "table": lines},
-                                                   indent=2))
+  best = max(rows, key=lambda r: r["speedup_vs_greedy"])  # reported, not a claim
+  (out_dir / "summary.json").write_text(json.dumps(
+      {"rows": rows, **meta, "table": lines,
+       "fastest": {k: best[k] for k in ("drafter", "workload", "speedup_vs_greedy")}},
+      indent=2))
   _figures(rows, cfg, out_dir)
   tr_hot, tr_cold = f"tr-{cfg.tr_nodes}-hot", f"tr-{cfg.tr_nodes}-cold"
   sd = f"suffix-{cfg.suffix_nodes}-a{cfg.suffix_alphas[0]:g}-t{cfg.suffix_taus[0]:g}"
@@ -366,7 +369,6 @@ def run(cfg: Config, out_dir, resume: bool = False) -> list[Claim]:
   sd_ag, tr_ag = _get(rows, sd, "agentic", "mat"), _get(rows, tr_hot, "agentic", "mat")
   sd_ag_x = _get(rows, sd, "agentic", "speedup_vs_greedy")
   pld_ag_x = _get(rows, pld, "agentic", "speedup_vs_greedy")
-  best = max(rows, key=lambda r: r["speedup_vs_greedy"])
   hf_claims = _hf_claims([r for r in rows if r["drafter"] in (tr_hot, pld, sd)], hf)
   return [
       Claim("lossless-greedy", TR_PAPER, "every drafter's output equals plain greedy token for "
@@ -391,9 +393,6 @@ def run(cfg: Config, out_dir, resume: bool = False) -> list[Claim]:
             "on the agentic workload", "suffix > PLD", {"suffix": sd_ag_x, "pld": pld_ag_x},
             "suffix speed-up > PLD's",
             sd_ag_x is not None and pld_ag_x is not None and sd_ag_x > pld_ag_x),
-      Claim("best-config", TR_PAPER, "fastest drafter x workload measured here (report)", None,
-            {"drafter": best["drafter"], "workload": best["workload"],
-             "speedup": best["speedup_vs_greedy"]}, "report", True),
       *hf_claims,
   ]
 

@@ -12,7 +12,7 @@ def test_smoke_experiment_and_bench(tmp_path):
   results = runner.run_experiment("speculative", "smoke", (), tmp_path)
   run_dir = tmp_path / "speculative" / "smoke"
   claims = {c["id"]: c for c in json.loads((run_dir / "results.json").read_text())["claims"]}
-  assert len(claims) == len(results["claims"]) == 10
+  assert len(claims) == len(results["claims"]) == 9
   for c in claims.values():
     assert set(c) == {"id", "paper", "statement", "paper_value", "ours", "criterion", "passed"}
   assert claims["lossless-greedy"]["passed"]
