@@ -13,31 +13,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxtok_kernels import common
+from jaxtok_kernels.tree_attention import layout as tree_layout
 
 
 def validate_inputs(q, k_cache, v_cache, selected, k_new, v_new, block_mask) -> None:
   """Raise ValueError naming the argument and the expected shape for inconsistent inputs."""
-  if q.ndim != 4:
-    raise ValueError(f"q_BxTxHxDh must have rank 4 [B, T, H, Dh], got shape {q.shape}")
-  b, t, h, dh = q.shape
-  if k_cache.ndim != 4 or k_cache.shape[0] != b or k_cache.shape[3] != dh:
-    raise ValueError(f"k_cache_BxKxSxDh must have shape [B={b}, K, S, Dh={dh}], got "
-                     f"{k_cache.shape}")
-  kv, s = k_cache.shape[1:3]
-  if v_cache.shape != k_cache.shape:
-    raise ValueError(f"v_cache_BxKxSxDh must have the shape of k_cache {k_cache.shape}, got "
-                     f"{v_cache.shape}")
-  if kv < 1 or h % kv:
-    raise ValueError(f"query heads H={h} must be a multiple of the kv heads K={kv} (GQA)")
+  b, _, _, _, kv, s = tree_layout.validate_operands(q, k_cache, v_cache, k_new, v_new,
+                                                    block_mask)
   if selected.shape != (b, kv, s):
     raise ValueError(f"selected_BxKxS must have shape [B, K, S] = {(b, kv, s)} (a mask of the "
                      f"chosen cache slots per row and kv head), got {selected.shape}")
-  for name, x in (("k_new_BxTxKxDh", k_new), ("v_new_BxTxKxDh", v_new)):
-    if x.shape != (b, t, kv, dh):
-      raise ValueError(f"{name} must have shape [B, T, K, Dh] = {(b, t, kv, dh)}, got {x.shape}")
-  if block_mask.ndim != 3 or any(a not in (1, w) for a, w in zip(block_mask.shape, (b, t, t))):
-    raise ValueError(f"block_mask_BxTxT must broadcast to [B, T, T] = {(b, t, t)}, got "
-                     f"{block_mask.shape}")
 
 
 def from_indices(idx_BxKxM, n_BxK, s: int):

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 from jaxtok_kernels import common
 
 
-def validate_inputs(q, k_cache, v_cache, cache_len, k_new, v_new, block_mask) -> None:
-  """Raise ValueError naming the argument and expected shape for inconsistent inputs."""
+def validate_operands(q, k_cache, v_cache, k_new, v_new, block_mask):
+  """The checks every attention over a kv-head-major cache needs (queries, cache, new block,
+  block mask); returns (B, T, H, Dh, K, S). ValueError names the argument."""
   if q.ndim != 4:
     raise ValueError(f"q_BxTxHxDh must have rank 4 [B, T, H, Dh], got shape {q.shape}")
   b, t, h, dh = q.shape
@@ -39,6 +40,12 @@ def validate_inputs(q, k_cache, v_cache, cache_len, k_new, v_new, block_mask) ->
   if not common.broadcastable(block_mask.shape, (b, t, t)):
     raise ValueError(f"block_mask_BxTxT must have shape [B, T, T] = {(b, t, t)} (or broadcast "
                      f"to it), got {block_mask.shape}")
+  return b, t, h, dh, kv, s
+
+
+def validate_inputs(q, k_cache, v_cache, cache_len, k_new, v_new, block_mask) -> None:
+  """Raise ValueError naming the argument and expected shape for inconsistent inputs."""
+  b, _, _, _, kv, s = validate_operands(q, k_cache, v_cache, k_new, v_new, block_mask)
   if cache_len.shape != (b, kv):
     raise ValueError(f"cache_len_BxK must have shape [B, K] = {(b, kv)} (a length per row and "
                      f"kv head), got {cache_len.shape}")
