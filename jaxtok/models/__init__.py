@@ -1,38 +1,25 @@
-"""Pretrained Llama-family checkpoints: ``load(name_or_path) -> LoadedModel``.
+"""Pretrained Llama-family checkpoints: ``load(name_or_path) -> jaxtok.decode.Model``.
 
 ``load("smollm2-135m")`` (a registered name, jaxtok.models.registry), ``load("x.gguf")`` or
-``load("hf_model_dir/")`` return a :class:`LoadedModel` with the ModelConfig, the NNX graphdef and
-parameter state for ``jaxtok.nn.transformer.forward`` / ``jaxtok.decode.generate``, and the
-tokenizer read from the same file (None when a HF directory has no ``tokenizer.json``).
+``load("hf_model_dir/")`` return a :class:`jaxtok.decode.Model` for ``jaxtok.decode`` (its
+``cfg``, its parameters, and ``tokenizer``: the tokenizer read from the same file, None when a
+HF directory has no ``tokenizer.json``; ``defn.source`` / ``defn.metadata``: the file and its
+header).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from jaxtok.decode.model import Model, ModelDef
 from jaxtok.models.llama import CheckpointError
-from jaxtok.nn.config import ModelConfig
 
-__all__ = ["CheckpointError", "LoadedModel", "load"]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LoadedModel:
-  cfg: ModelConfig
-  graphdef: Any  # nnx.GraphDef
-  params: Any  # nnx.State
-  tokenizer: Any  # jaxtok.tokenize.pretrained.PretrainedTokenizer | None
-  source: Path
-  metadata: dict = dataclasses.field(default_factory=dict, repr=False)
-
-  def __iter__(self):  # cfg, graphdef, params = load(...)
-    return iter((self.cfg, self.graphdef, self.params))
+__all__ = ["CheckpointError", "load"]
 
 
 def load(name_or_path: str | os.PathLike, *, dtype: Literal["float32", "bfloat16"] = "float32",
-         max_len: int | None = None, tokenizer: bool = True) -> LoadedModel:
+         max_len: int | None = None, tokenizer: bool = True) -> Model:
   """Loads a pretrained Llama-family model and its tokenizer.
 
   Args:
@@ -69,5 +56,5 @@ def load(name_or_path: str | os.PathLike, *, dtype: Literal["float32", "bfloat16
   pure = llama.params_from_hf(tensors, cfg, source=str(path))
   del tensors
   graphdef, params = llama.build(cfg, pure)
-  return LoadedModel(cfg=cfg, graphdef=graphdef, params=params, tokenizer=tok, source=path,
-                     metadata=meta)
+  return Model(defn=ModelDef(graphdef, cfg, tokenizer=tok, source=path, metadata=meta),
+               params=params)
