@@ -24,52 +24,6 @@ import numpy as np
 
 from jaxtok_experiments.torch_ref import run_json
 
-# Runs in the torch interpreter (which need not have jaxtok): argv[1] is a JSON job description.
-_TORCH_HELPER = r'''
-import json, sys, time
-import torch
-from pathlib import Path
-from transformers import AutoModelForCausalLM
-job = json.loads(sys.argv[1])
-path = Path(job["model"])
-out = []
-where = ({"pretrained_model_name_or_path": path.parent, "gguf_file": path.name}
-         if path.suffix == ".gguf" else {"pretrained_model_name_or_path": path})
-base = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32).eval()
-device = "cuda" if torch.cuda.is_available() else "cpu"
-sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-for dtype in job["dtypes"]:
-  model = base.to(device=device, dtype=getattr(torch, dtype))
-  for b in job["batches"]:
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, job["vocab"], (b, job["prompt_len"]), generator=gen).to(device)
-    mask = torch.ones_like(ids)
-    n = job["new_tokens"]
-    best = [float("inf")] * 3  # prefill, generate 1 token, generate n tokens
-    with torch.no_grad():
-      for rep in range(job["repeats"] + 1):  # first round warms up
-        times = []
-        for new in (0, 1, n):
-          sync()
-          t0 = time.perf_counter()
-          if new:
-            model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                           do_sample=False, pad_token_id=0)
-          else:
-            model(ids, attention_mask=mask, use_cache=True)
-          sync()
-          times.append(time.perf_counter() - t0)
-        if rep:
-          best = [min(a, x) for a, x in zip(best, times)]
-    steps_s = best[2] - best[1]  # the n - 1 decode steps after the first token
-    out.append({"dtype": dtype, "batch": b, "prefill_s": best[0], "generate_s": best[2],
-                "prefill_tok_s": b * job["prompt_len"] / best[0],
-                "decode_tok_s": b * (n - 1) / steps_s if steps_s > 0 else None})
-print("JSON:" + json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                            "device": device, "rows": out}))
-'''
-
-
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxtok bench decode", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,12 +53,12 @@ def _jax_rows(args, batches, dtypes) -> tuple[list[dict], int]:
   t, n = args.prompt_len, args.new_tokens
   for dtype in dtypes:
     model = load(args.model, dtype=dtype)
-    g, params, cfg = model.graphdef, model.params, model.cfg
+    cfg = model.cfg
     if t + n > cfg.max_len:
       raise ValueError(f"--prompt-len {t} + --new-tokens {n} exceeds the model context "
                        f"{cfg.max_len}")
     # Prefill alone = the driver's start (fresh cache, prefill, empty output buffer).
-    begin = jax.jit(lambda p, x, l: decode.start(g, p, x, l, jax.random.key(0),  # noqa: E731
+    begin = jax.jit(lambda m, x, l: decode.start(m, x, l, jax.random.key(0),  # noqa: E731
                                                  capacity=t + n, max_new_tokens=n))
     for b in batches:
       rng = np.random.default_rng(0)
@@ -116,10 +70,10 @@ def _jax_rows(args, batches, dtypes) -> tuple[list[dict], int]:
         for new in (0, 1, n):
           t0 = time.perf_counter()
           if new:
-            jax.block_until_ready(decode.generate(g, params, prompt, lens, max_new_tokens=new,
+            jax.block_until_ready(decode.generate(model, prompt, lens, max_new_tokens=new,
                                                   capacity=t + n))
           else:
-            jax.block_until_ready(begin(params, prompt, lens))
+            jax.block_until_ready(begin(model, prompt, lens))
           times.append(time.perf_counter() - t0)
         if rep:
           best = [min(a, x) for a, x in zip(best, times)]
@@ -138,7 +92,7 @@ def _torch_rows(args, batches, dtypes, python: str, vocab: int) -> dict:
   path = Path(args.model) if Path(args.model).exists() else registry.resolve(args.model)
   job = {"model": str(path.resolve()), "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
          "batches": batches, "dtypes": dtypes, "repeats": args.repeats, "vocab": vocab}
-  return run_json(python, _TORCH_HELPER, job)
+  return run_json(python, "torch_decode.py", job)
 
 
 def _fmt(tok_s: float | None) -> str:

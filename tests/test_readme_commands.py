@@ -57,8 +57,8 @@ def _parse_only(argv: list[str]) -> None:
     from jaxtok_kernels import check
     check.parser().parse_args(argv[2:])
   elif argv[0] == "aot":
-    from jaxtok_experiments import aot_cli
-    aot_cli.parser().parse_args(argv[1:])
+    from jaxtok.cli import aot
+    aot.parser().parse_args(argv[1:])
   else:
     raise AssertionError(f"no parser for {argv}")
 

@@ -3,7 +3,8 @@ import sys
 
 MODULES = ["jaxtok", "jaxtok.nn", "jaxtok.cache", "jaxtok.decode", "jaxtok.train.loop",
            "jaxtok.data.pipeline", "jaxtok.data.stdlib", "jaxtok.ckpt", "jaxtok.sharding",
-           "jaxtok.runtime", "jaxtok.cli", "jaxtok.aot", "jaxtok.models", "jaxtok.tokenize",
+           "jaxtok.runtime", "jaxtok.cli", "jaxtok.cli.aot", "jaxtok.cli.generate",
+           "jaxtok.models", "jaxtok.tokenize",
            "jaxtok_kernels", "jaxtok_experiments.runner", "jaxtok_experiments.lm"]
 
 

@@ -34,6 +34,8 @@ def load(name_or_path: str | os.PathLike, *, dtype: Literal["float32", "bfloat16
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype: expected 'float32' or 'bfloat16', got {dtype!r}")
   path = Path(name_or_path)
+  if str(name_or_path) == registry.RANDOM_TINY and not path.exists():
+    return registry.random_tiny(max_len=max_len or 1024, dtype=dtype)
   if not path.exists():
     if os.sep in str(name_or_path) or str(name_or_path).endswith((".gguf", ".safetensors")):
       raise FileNotFoundError(f"name_or_path: {name_or_path} does not exist")

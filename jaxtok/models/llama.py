@@ -20,9 +20,7 @@ from jaxtok.ckpt import CheckpointError
 from jaxtok.nn.config import ModelConfig
 
 
-# Weight storage dtypes: "bfloat16" halves memory and bandwidth (decode is bandwidth-bound); norm
-# scales stay fp32 because RMSNorm computes its statistics in fp32 anyway.
-_SUPPORTED_ACT = ("silu", "swish")
+_SUPPORTED_ACT = ("silu", "swish")  # SwiGLU's gate: the only MLP activation the model has
 
 
 def config_from_hf(hf: Mapping[str, Any], *, dtype: str = "float32",
@@ -152,7 +150,8 @@ def _flat(tree, prefix=""):
 def build(cfg: ModelConfig, pure_params: Mapping, *, weight_dtype: str | None = None):
   """Returns (graphdef, params) for ``cfg`` holding ``pure_params`` without a random init.
 
-  ``weight_dtype`` defaults to ``cfg.dtype``: matrices are stored in it, norm scales in fp32.
+  ``weight_dtype`` defaults to ``cfg.dtype``: matrices are stored in it (bf16 halves memory and
+  bandwidth; decode is bandwidth-bound), norm scales in fp32 (RMSNorm computes in fp32 anyway).
   """
   import jax
   import jax.numpy as jnp

@@ -14,7 +14,8 @@ from flax import nnx
 from tokenizers.pre_tokenizers import ByteLevel
 
 from jaxtok import decode
-from jaxtok.models import CheckpointError, generate_cli, gguf_loader, hf_loader, llama, load
+from jaxtok.cli import generate as generate_cli
+from jaxtok.models import CheckpointError, gguf_loader, hf_loader, llama, load
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.transformer import default_positions, forward, init_model
 
@@ -103,10 +104,10 @@ def test_ragged_batch_generate_matches_streaming(tiny_files):
   batch = np.zeros((2, 5), np.int32)
   for b, p in enumerate(prompts):
     batch[b, :len(p)] = p
-  out, _ = decode.generate(m.graphdef, m.params, jnp.asarray(batch), jnp.array([5, 2]),
-                           max_new_tokens=6, capacity=32)
+  out = decode.generate(m, jnp.asarray(batch), jnp.array([5, 2]), max_new_tokens=6,
+                        capacity=32).tokens_BxN
   for b, p in enumerate(prompts):
-    ref = list(generate_cli.stream_tokens(m.graphdef, m.params, p, max_new_tokens=6,
+    ref = list(generate_cli.stream_tokens(m, p, max_new_tokens=6,
                                           sampling=decode.Sampling(), key=jax.random.key(0),
                                           capacity=32))
     assert np.asarray(out[b]).tolist() == ref

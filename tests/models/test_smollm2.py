@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxtok import decode
-from jaxtok.models import generate_cli
+from jaxtok.cli import generate as generate_cli
 from jaxtok.nn.transformer import default_positions, forward
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
@@ -58,16 +58,17 @@ def test_topk_logits_match_transformers(logits_TxV, golden):
 
 def test_cached_decoding_equals_full_forward(smollm2, golden, logits_TxV):
   """Prefill 48 tokens, decode 8 greedily through the KV cache; compare with one full forward."""
-  g, p, cfg = smollm2.graphdef, smollm2.params, smollm2.cfg
-  begin, step = generate_cli._compiled(g, decode.Sampling(), 64, 8)  # the streaming driver
+  g, p = smollm2.graphdef, smollm2.params
+  begin, step = generate_cli._stream_fns()  # the streaming driver
   ids = np.asarray(golden["ids"]).copy()
   padded = np.zeros((1, 56), np.int32)
   padded[0, :48] = ids[:48]
-  state = begin(p, jnp.asarray(padded), jnp.array([48]), jax.random.key(0))
+  state = begin(smollm2, jnp.asarray(padded), jnp.array([48]), jax.random.key(0), capacity=64,
+                max_new_tokens=8)
   np.testing.assert_allclose(np.asarray(state.logits_BxV[0]), logits_TxV[47], atol=2e-3, rtol=0)
   got = []
   for i, t in enumerate(range(48, 56)):
-    state = step(p, state)
+    state = step(smollm2, state, sampling=decode.Sampling(), eos_id=None)
     ids[t] = int(state.tokens_BxN[0, i])
     got.append(np.asarray(state.logits_BxV[0]))
   np.testing.assert_array_equal(np.asarray(state.cache.next_pos), [56])
@@ -80,7 +81,7 @@ def test_greedy_continuation_matches_transformers(smollm2):
   tok = smollm2.tokenizer
   prompt = tok.encode("The capital of France is")
   assert ref[:len(prompt)] == prompt
-  new = list(generate_cli.stream_tokens(smollm2.graphdef, smollm2.params, prompt,
+  new = list(generate_cli.stream_tokens(smollm2, prompt,
                                         max_new_tokens=len(ref) - len(prompt),
                                         sampling=decode.Sampling(), key=jax.random.key(0),
                                         capacity=64))

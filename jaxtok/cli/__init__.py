@@ -1,6 +1,7 @@
 """The ``jaxtok`` command: list | run | reproduce | bench | aot | generate | kernels check.
 
-Entry points stay thin: each subcommand parses arguments and calls library code. Errors print
+Entry points stay thin: each subcommand parses arguments and calls library code. This package
+is the only library code that imports ``jaxtok_experiments`` (the experiment registry). Errors print
 one line and a hint (exit 2 for bad input, 1 otherwise); ``--debug`` shows the traceback.
 """
 from __future__ import annotations
@@ -12,9 +13,9 @@ import sys
 
 # Subcommands owned by other packages: name -> "module:function(argv)".
 _DELEGATED = {
-    "generate": "jaxtok.models.generate_cli:main",
+    "generate": "jaxtok.cli.generate:main",
     "kernels": "jaxtok.cli:kernels_main",
-    "aot": "jaxtok_experiments.aot_cli:main",
+    "aot": "jaxtok.cli.aot:main",
 }
 
 

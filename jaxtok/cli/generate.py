@@ -41,20 +41,20 @@ def plan_capacity(prompt_lens: Sequence[int], max_new_tokens: int, max_len: int,
   return cap, longest
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(graphdef, sampling, capacity: int, max_new_tokens: int):
+@functools.cache
+def _stream_fns():
+  """(begin, step) jitted once per process; the Model argument keys their compiles by its
+  definition (identity), so a loaded model compiles each once per capacity / sampling."""
   import jax
 
   from jaxtok import decode
 
-  begin = jax.jit(functools.partial(decode.start, graphdef, capacity=capacity,
-                                    max_new_tokens=max_new_tokens))
-  step = jax.jit(functools.partial(decode.decode_body, graphdef, sampling=sampling, eos_id=None),
-                 donate_argnums=(1,))
+  begin = jax.jit(decode.start, static_argnames=("capacity", "max_new_tokens"))
+  step = jax.jit(decode.decode_body, static_argnames=("sampling", "eos_id"), donate_argnums=(1,))
   return begin, step
 
 
-def stream_tokens(graphdef, params, prompt_ids: Sequence[int], *, max_new_tokens: int,
+def stream_tokens(model, prompt_ids: Sequence[int], *, max_new_tokens: int,
                   sampling, key, capacity: int, stop_ids: Sequence[int] = ()) -> Iterator[int]:
   """Yields generated token ids one at a time (batch 1), stopping after a stop id."""
   import jax.numpy as jnp
@@ -63,13 +63,14 @@ def stream_tokens(graphdef, params, prompt_ids: Sequence[int], *, max_new_tokens
   if t + max_new_tokens > capacity:
     raise ValueError(f"prompt of {t} tokens + max_new_tokens={max_new_tokens} exceeds the KV-cache "
                      f"capacity {capacity}")
-  begin, step = _compiled(graphdef, sampling, capacity, max_new_tokens)
+  begin, step = _stream_fns()
   # Padding only depends on (t, capacity), so every call with this capacity shares one compile.
   padded = np.zeros((1, min(round_up(t, _BUCKET), capacity - max_new_tokens)), np.int32)
   padded[0, :t] = prompt_ids
-  state = begin(params, jnp.asarray(padded), jnp.array([t], jnp.int32), key)
+  state = begin(model, jnp.asarray(padded), jnp.array([t], jnp.int32), key, capacity=capacity,
+                max_new_tokens=max_new_tokens)
   for i in range(max_new_tokens):
-    state = step(params, state)
+    state = step(model, state, sampling=sampling, eos_id=None)
     token = int(state.tokens_BxN[0, i])
     yield token
     if token in stop_ids:
@@ -138,7 +139,8 @@ def _run(args) -> int:
   cap, keep = plan_capacity([len(i) for i in ids], args.max_new_tokens, model.cfg.max_len,
                             args.capacity, args.truncate)
   ids = [i[-keep:] for i in ids]
-  print(f"[loaded {model.source.name} in {time.time() - start:.1f}s; {model.cfg.n_layers} layers, "
+  print(f"[loaded {model.defn.source.name} in {time.time() - start:.1f}s; "
+        f"{model.cfg.n_layers} layers, "
         f"d={model.cfg.d_model}, {args.dtype}; cache {cap}]", file=sys.stderr)
   key = jax.random.key(args.seed)
   stop = [i for i in (tok.eos_id, tok.tokenizer.token_to_id("<|endoftext|>")) if i is not None]
@@ -152,7 +154,7 @@ def _run(args) -> int:
     out: list[int] = []
     shown = 0
     t0 = time.time()
-    for token in stream_tokens(model.graphdef, model.params, ids[0],
+    for token in stream_tokens(model, ids[0],
                                max_new_tokens=args.max_new_tokens, sampling=sampling, key=key,
                                capacity=cap, stop_ids=stop):
       out.append(token)
@@ -169,14 +171,12 @@ def _run(args) -> int:
   for b, i in enumerate(ids):
     prompt_BxT[b, :len(i)] = i
   prompt_BxT = prompt_BxT[:, :cap - args.max_new_tokens]
-  out_BxN, n_B = decode.generate(model.graphdef, model.params, jnp.asarray(prompt_BxT),
-                                 jnp.array([len(i) for i in ids], jnp.int32),
-                                 max_new_tokens=args.max_new_tokens, sampling=sampling, key=key,
-                                 capacity=cap, eos_id=tok.eos_id)
-  out_BxN, n_B = np.asarray(out_BxN), np.asarray(n_B)
-  for b, text in enumerate(texts):
-    gen = tok.decode(out_BxN[b, :n_B[b]], skip_special_tokens=True)
-    print(f"--- [{b}] ---\n{text}{gen}")
+  gen = decode.generate(model, jnp.asarray(prompt_BxT),
+                        jnp.array([len(i) for i in ids], jnp.int32), max_new_tokens=args.max_new_tokens, sampling=sampling, key=key,
+                        capacity=cap, eos_id=tok.eos_id)
+  for b, (text, row) in enumerate(zip(texts, gen.rows())):
+    gen_text = tok.decode(row, skip_special_tokens=True)
+    print(f"--- [{b}] ---\n{text}{gen_text}")
   return 0
 
 

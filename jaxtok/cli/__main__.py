@@ -1,0 +1,5 @@
+import sys
+
+from jaxtok.cli import main
+
+sys.exit(main())
