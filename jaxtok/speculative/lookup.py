@@ -15,6 +15,7 @@ import numpy as np
 from jaxtyping import Array, Int
 
 from jaxtok.config import require
+from jaxtok.speculative.drafter import HostTreeDrafter
 from jaxtok.speculative.tree import DraftTree, chain
 
 
@@ -56,32 +57,16 @@ class PromptLookup:
     return state
 
 
-class HostPromptLookup:
-  """The same drafter on the host (numpy), for the host loop: it shares the host step's
+class HostPromptLookup(HostTreeDrafter):
+  """The same drafter on the host (numpy), a ``HostDrafter``: it shares the host step's
   compilation with SuffixDecoding at the same N, and drafts of few tokens can use a smaller
   verify bucket."""
-  host = True
-  prompt_logits = 0
 
   def __init__(self, n_nodes: int = 8, max_ngram: int = 2,
                buckets: tuple[int, ...] | None = None):
-    require(n_nodes >= 1, "n_nodes", ">= 1", n_nodes)
+    super().__init__(n_nodes, buckets)
     require(max_ngram >= 1, "max_ngram", ">= 1", max_ngram)
-    self.n_nodes, self.max_ngram = n_nodes, max_ngram
-    self.buckets = None if buckets is None else tuple(sorted(set(buckets) | {n_nodes}))
-    self._ctx: list[list[int]] = []
-
-  def init(self, vocab_size: int):
-    return ()
-
-  def begin(self, prompts):
-    self._ctx = [list(p) for p in prompts]
-
-  def observe_host(self, row, emitted):
-    self._ctx[row].extend(emitted)
-
-  def finish(self, responses):
-    pass
+    self.max_ngram = max_ngram
 
   def draft(self, ctx: list[int]) -> list[int]:
     """Tokens after the leftmost earlier occurrence of the longest matching tail n-gram."""
@@ -97,15 +82,6 @@ class HostPromptLookup:
         return [int(t) for t in a[j + 1:j + self.n_nodes]]
     return []
 
-  def propose_host(self) -> DraftTree:
-    b, n = len(self._ctx), self.n_nodes
-    tokens = np.zeros((b, n), np.int32)
-    valid = np.zeros((b, n), bool)
-    for row, ctx in enumerate(self._ctx):
-      d = self.draft(ctx)
-      tokens[row, 0], valid[row, 0] = ctx[-1], True
-      tokens[row, 1:1 + len(d)], valid[row, 1:1 + len(d)] = d, True
-    parent = np.maximum(np.arange(n) - 1, 0)[None].repeat(b, 0)
-    return DraftTree(tokens_BxN=jnp.asarray(tokens), parent_BxN=jnp.asarray(parent, jnp.int32),
-                     depth_BxN=jnp.asarray(np.arange(n)[None].repeat(b, 0), jnp.int32),
-                     valid_BxN=jnp.asarray(valid))
+  def draft_row(self, row: int, ctx: list[int]) -> tuple[list[int], list[int]]:
+    d = self.draft(ctx)
+    return d, list(range(len(d)))  # a chain: node i's parent is node i - 1

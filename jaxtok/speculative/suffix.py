@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import heapq
 
-import jax.numpy as jnp
 import numpy as np
 
 from jaxtok.config import require
-from jaxtok.speculative.tree import DraftTree
+from jaxtok.speculative.drafter import HostTreeDrafter
 
 
 class SuffixTrie:
@@ -136,36 +135,24 @@ def expand(trie: SuffixTrie, match: int, max_spec: int, tau: float):
   return tokens, parents, probs, float(sum(probs))
 
 
-class SuffixDecoding:
-  """The drafter (host side; ``jaxtok.speculative.generate`` calls ``begin``, ``observe_host``,
-  ``propose_host`` and ``finish``). Its global trie persists across calls."""
-  host = True
-  prompt_logits = 0
+class SuffixDecoding(HostTreeDrafter):
+  """The drafter (a ``HostDrafter``: ``jaxtok.speculative.generate`` calls ``begin``,
+  ``observe_host``, ``propose_host`` and ``finish``). Its global trie persists across calls."""
 
   def __init__(self, n_nodes: int = 16, *, max_depth: int = 24, alpha: float = 1.0,
                beta: float = 0.0, tau: float = 0.1, max_requests: int = 10_000,
                use_global: bool = True, buckets: tuple[int, ...] | None = None):
-    require(n_nodes >= 1, "n_nodes", ">= 1", n_nodes)
+    super().__init__(n_nodes, buckets)
     require(0 < tau <= 1, "tau", "in (0, 1]", tau)
     require(alpha > 0, "alpha", "> 0", alpha)
     require(max_requests >= 1, "max_requests", ">= 1", max_requests)
-    self.n_nodes, self.max_depth, self.alpha, self.beta, self.tau = (n_nodes, max_depth, alpha,
-                                                                      beta, tau)
+    self.max_depth, self.alpha, self.beta, self.tau = max_depth, alpha, beta, tau
     self.max_requests, self.use_global = max_requests, use_global
-    # verify-size buckets (None: always n_nodes); on a CPU a short draft should cost a short
-    # verify, since a verify of N nodes costs more than one decode step
-    self.buckets = None if buckets is None else tuple(sorted(set(buckets) | {n_nodes}))
-    require(self.buckets is None or min(self.buckets) >= 1, "buckets", "sizes >= 1", buckets)
     self.global_trie = SuffixTrie(max_depth)
     self._history: list[list[int]] = []  # responses in the global trie, oldest first
     self._requests: list[SuffixTrie] = []
-    self._ctx: list[list[int]] = []
 
-  def init(self, vocab_size: int):
-    return ()
-
-  def begin(self, prompts: list[list[int]]) -> None:
-    self._ctx = [list(p) for p in prompts]
+  def begin_rows(self, prompts: list[list[int]]) -> None:
     self._requests = []
     for p in prompts:
       trie = SuffixTrie(self.max_depth)
@@ -174,9 +161,8 @@ class SuffixDecoding:
         trie.append(0, t)
       self._requests.append(trie)
 
-  def observe_host(self, row: int, emitted: list[int]) -> None:
+  def observe_row(self, row: int, emitted: list[int]) -> None:
     for t in emitted:
-      self._ctx[row].append(t)
       self._requests[row].append(0, t)
 
   def finish(self, responses: list[list[int]]) -> None:
@@ -209,18 +195,6 @@ class SuffixDecoding:
           best, best_key = (toks, pars, probs, score, p), key
     return best
 
-  def propose_host(self) -> DraftTree:
-    b, n = len(self._ctx), self.n_nodes
-    tokens = np.zeros((b, n), np.int32)
-    parent = np.zeros((b, n), np.int32)
-    depth = np.zeros((b, n), np.int32)
-    valid = np.zeros((b, n), bool)
-    for row, ctx in enumerate(self._ctx):
-      toks, pars, _, _, _ = self.best_draft(ctx, self._requests[row])
-      tokens[row, 0], valid[row, 0] = ctx[-1], True
-      for i, (t, q) in enumerate(zip(toks, pars), start=1):
-        tokens[row, i], parent[row, i] = t, q + 1
-        depth[row, i] = depth[row, q + 1] + 1
-        valid[row, i] = True
-    return DraftTree(tokens_BxN=jnp.asarray(tokens), parent_BxN=jnp.asarray(parent),
-                     depth_BxN=jnp.asarray(depth), valid_BxN=jnp.asarray(valid))
+  def draft_row(self, row: int, ctx: list[int]) -> tuple[list[int], list[int]]:
+    toks, pars, _, _, _ = self.best_draft(ctx, self._requests[row])
+    return toks, [q + 1 for q in pars]  # expand's -1 (the match node) is the tree's root

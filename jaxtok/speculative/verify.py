@@ -1,8 +1,8 @@
 """Verification of a draft tree: one forward against the cache, then lossless acceptance.
 
-``verify`` runs the N tree nodes through the model at positions ``next_pos + depth`` under the
-ancestor mask (the tree-attention kernel: each node attends to the committed cache slots plus
-its ancestors-or-self). The forward writes the nodes' K/V, uncommitted, at slots
+``verify`` runs the N tree nodes through the model (``jaxtok.decode.extend``) at positions
+``next_pos + depth`` under the ancestor mask (the tree-attention kernel: each node attends to
+the committed cache slots plus its ancestors-or-self). The forward writes the nodes' K/V, uncommitted, at slots
 ``length .. length + N``; ``jaxtok.speculative.commit`` keeps the accepted path.
 
 Acceptance (kv_and_tree.md §B.0), both returning an ``Accept``:
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx, struct
+from flax import struct
 from jaxtyping import Array, Float, Int
 
 from jaxtok.cache import KVCache
-from jaxtok.decode import Sampling, warp
-from jaxtok.nn.transformer import Output, forward
+from jaxtok.decode import Model, Sampling, extend, warp
+from jaxtok.nn.transformer import Output
 from jaxtok.speculative.tree import DraftTree, ancestor_mask, positions
 
 
@@ -55,11 +55,13 @@ class Accept:
                      jnp.where(d < self.n_acc_B[:, None], out_BxN, 0))
 
 
-def verify(graphdef: nnx.GraphDef, params, cache: KVCache, tree: DraftTree) -> Output:
-  """One forward of the tree against the cache (written uncommitted at ``length``). The caller
-  must leave N free slots (``jaxtok.speculative.generate`` sizes the cache for it)."""
-  return forward(graphdef, params, tree.tokens_BxN, positions(tree, cache.next_pos),
-                 ancestor_mask(tree), cache=cache)
+def verify(model: Model, cache: KVCache, tree: DraftTree) -> tuple[Output, KVCache]:
+  """One forward of the tree against the cache (``decode.extend`` under the ancestor mask, no
+  commit): the nodes are written uncommitted at ``length``. Returns (the Output, whose ``kv``
+  are the nodes' K/V, the written cache). The caller must leave N free slots
+  (``jaxtok.speculative.generate`` sizes the cache for it)."""
+  return extend(model, cache, tree.tokens_BxN, positions(tree, cache.next_pos),
+                ancestor_mask(tree))
 
 
 def _path(tree: DraftTree, node_B) -> Int[Array, "B N"]:

@@ -6,15 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from scipy import stats
 
 from jaxtok import decode
+from jaxtok.cache import init_cache
 from jaxtok.decode import Sampling
 from jaxtok.nn import ModelConfig, init_model
-from jaxtok.speculative import (PromptLookup, TokenRecycling, accept_sample, generate, loop,
-                                make_tree)
-from jaxtok.speculative.suffix import SuffixDecoding
+from jaxtok.speculative import (HostPromptLookup, PromptLookup, SuffixDecoding, TokenRecycling,
+                                accept_sample, acceptance_rate, generate, host_loop, loop, mat,
+                                make_tree, min_capacity)
 from jaxtok.speculative.tree import DraftTree
 
 V = 37
@@ -25,7 +25,7 @@ LENS = np.array([8, 3, 6])
 
 
 def _model(seed):
-  return nnx.split(init_model(CFG, seed=seed), nnx.Param)
+  return decode.Model.from_module(init_model(CFG, seed=seed))
 
 
 def _prompts(seed):
@@ -67,9 +67,9 @@ class OracleDrafter:
     return state
 
 
-def _reference(g, p, prompts, eos_id=EOS):
-  out, n = decode.generate(g, p, prompts, jnp.asarray(LENS), max_new_tokens=NEW, eos_id=eos_id)
-  out = np.asarray(out)
+def _reference(model, prompts, eos_id=EOS):
+  ref = decode.generate(model, prompts, jnp.asarray(LENS), max_new_tokens=NEW, eos_id=eos_id)
+  out, n = np.asarray(ref.tokens_BxN), ref.n_B
   ref = np.zeros((len(LENS), 256), np.int32)
   for b, m in enumerate(LENS):
     seq = np.concatenate([np.asarray(prompts[b, :m]), out[b]])
@@ -78,7 +78,8 @@ def _reference(g, p, prompts, eos_id=EOS):
 
 
 DRAFTERS = {"tr": TokenRecycling(n_nodes=8, k=3), "pld": PromptLookup(n_nodes=6),
-            "suffix": SuffixDecoding(n_nodes=8), "adversarial": OracleDrafter()}
+            "suffix": SuffixDecoding(n_nodes=8), "host-pld": HostPromptLookup(n_nodes=8),
+            "adversarial": OracleDrafter()}
 
 
 @pytest.mark.parametrize("name", sorted(DRAFTERS))
@@ -86,65 +87,86 @@ def test_greedy_speculative_equals_greedy_over_seeds(name):
   """Token for token plain greedy (EOS included), with the cache at its minimum capacity so
   the last trees fill it to the last slot; TR also hot-started, the oracle also all-wrong."""
   drafter = DRAFTERS[name]
-  cap = loop.min_capacity(T, NEW, drafter.n_nodes)
+  cap = min_capacity(T, NEW, drafter.n_nodes)
   eos_hit = 0
   for seed in range(2):
-    g, p = _model(seed)
+    model = _model(seed)
     prompts = _prompts(seed)
-    ref, n_ref, ref_ctx = _reference(g, p, prompts)
+    ref, n_ref, ref_ctx = _reference(model, prompts)
     eos_hit += int(np.sum(n_ref < NEW))
     states = ([(ref_ctx, False), (ref_ctx, True)] if name == "adversarial" else [None])
     for st in states:
-      r = generate(g, p, prompts, jnp.asarray(LENS), drafter=drafter, max_new_tokens=NEW,
+      r = generate(model, prompts, jnp.asarray(LENS), drafter=drafter, max_new_tokens=NEW,
                    capacity=cap, drafter_state=st, eos_id=EOS)
-      np.testing.assert_array_equal(r.tokens_BxM, ref, err_msg=f"{name} seed {seed}")
+      np.testing.assert_array_equal(r.tokens_BxN, ref, err_msg=f"{name} seed {seed}")
       np.testing.assert_array_equal(r.n_B, n_ref)
       if st is not None and not st[1]:  # three drafted tokens are right at every full step
-        assert r.mat > 3, r.mat
+        # (every step but a row's last, which EOS or max_new_tokens may cut: MAT counts only
+        # emitted tokens, so a row cut short lowers it below 4)
+        steps_B, acc_B = np.asarray(r.stats["steps_B"]), np.asarray(r.stats["accepted_B"])
+        assert np.all(acc_B >= 3 * (steps_B - 1)), (steps_B, acc_B)
+        assert mat(r) >= 3, mat(r)
       if st is not None and st[1]:
-        assert r.accepted == 0 and r.mat == 1.0
+        assert int(jnp.sum(r.stats["accepted_B"])) == 0 and mat(r) == 1.0
     if name == "tr":
-      hot = generate(g, p, prompts, jnp.asarray(LENS), drafter=drafter, max_new_tokens=NEW,
-                     capacity=cap, drafter_state=r.drafter_state, eos_id=EOS)
-      np.testing.assert_array_equal(hot.tokens_BxM, ref)
+      hot = generate(model, prompts, jnp.asarray(LENS), drafter=drafter, max_new_tokens=NEW,
+                     capacity=cap, drafter_state=r.stats["drafter_state"], eos_id=EOS)
+      np.testing.assert_array_equal(hot.tokens_BxN, ref)
   assert eos_hit > 0  # some row stopped at EOS
 
 
+def test_mat_counts_only_emitted_tokens():
+  """The oracle drafts 3 right tokens a step: 5 steps emit 1 + 5 * 4 = 21 tokens, the 6th may
+  emit only 2 more of max_new_tokens = 23 - its third accepted draft and bonus are cut and must
+  not count (MAT 22 / 6, not 24 / 6)."""
+  model = _model(0)
+  prompts = _prompts(0)
+  _, _, ref_ctx = _reference(model, prompts, eos_id=None)
+  r = generate(model, prompts, jnp.asarray(LENS), drafter=OracleDrafter(), max_new_tokens=NEW - 1,
+               drafter_state=(ref_ctx, False))
+  np.testing.assert_array_equal(r.n_B, NEW - 1)
+  np.testing.assert_array_equal(r.stats["steps_B"], 6)
+  np.testing.assert_array_equal(r.stats["accepted_B"], 5 * 3 + 2)
+  assert mat(r) == pytest.approx(22 / 6)
+  assert mat([r, r]) == pytest.approx(22 / 6)
+
+
 def test_replaying_requests_raises_suffix_acceptance():
-  g, p = _model(0)
+  model = _model(0)
   prompts = _prompts(0)
   sd = SuffixDecoding(n_nodes=8)
-  cap = loop.min_capacity(T, NEW, 8)  # the greedy test's shapes: no new compile
-  runs = [generate(g, p, prompts, jnp.asarray(LENS), drafter=sd, max_new_tokens=NEW,
+  cap = min_capacity(T, NEW, 8)  # the greedy test's shapes: no new compile
+  runs = [generate(model, prompts, jnp.asarray(LENS), drafter=sd, max_new_tokens=NEW,
                    capacity=cap, eos_id=EOS) for _ in range(2)]
-  assert runs[1].acceptance_rate > runs[0].acceptance_rate
-  assert runs[1].mat > runs[0].mat + 0.5
-  assert runs[1].draft_s < runs[1].wall_s
-  np.testing.assert_array_equal(runs[0].tokens_BxM, runs[1].tokens_BxM)
+  assert acceptance_rate(runs[1]) > acceptance_rate(runs[0])
+  assert mat(runs[1]) > mat(runs[0]) + 0.5
+  assert runs[1].stats["draft_s"] < runs[1].stats["wall_s"]
+  np.testing.assert_array_equal(runs[0].tokens_BxN, runs[1].tokens_BxN)
   # the offline simulator (no model) replays the same acceptance as the online greedy run
   prompts_l = [list(map(int, np.asarray(prompts[b, :m]))) for b, m in enumerate(LENS)]
-  resp = [list(map(int, r[:m])) for r, m in zip(runs[0].tokens_BxM, runs[0].n_B)]
+  resp = runs[0].rows()
   fresh = SuffixDecoding(n_nodes=8)
   for run in runs:
-    sim = loop.simulate_host(fresh, prompts_l, resp, max_new_tokens=NEW)
-    assert sim == (run.steps, run.accepted, run.drafted)
+    sim = host_loop.simulate_host(fresh, prompts_l, resp, max_new_tokens=NEW)
+    assert sim == tuple(int(jnp.sum(run.stats[k])) for k in ("steps_B", "accepted_B",
+                                                             "drafted_B"))
 
 
 def test_cache_after_commit_equals_token_by_token_cache():
-  g, p = _model(1)
+  model = _model(1)
   prompts = _prompts(1)
-  _, _, ref_ctx = _reference(g, p, prompts, eos_id=None)
+  _, _, ref_ctx = _reference(model, prompts, eos_id=None)
   new = 10
-  s = loop.generate_on_device(g, p, OracleDrafter(), (ref_ctx, False), prompts,
+  s = loop.generate_on_device(model, OracleDrafter(), (ref_ctx, False), prompts,
                               jnp.asarray(LENS), jax.random.key(0), capacity=64,
                               max_new_tokens=new, sampling=Sampling(), eos_id=None)
   assert int(jnp.min(s.accepted_B)) >= 6  # real multi-token commits happened
   # the same tokens one at a time: prefill, then every emitted token but the root
-  _, c = decode.prefill(g, p, decode.init_cache(CFG, len(LENS), 64), prompts, jnp.asarray(LENS))
+  _, c = decode.prefill(model, init_cache(CFG, len(LENS), 64), prompts, jnp.asarray(LENS))
   n_B = np.asarray(s.n_B)
-  step = jax.jit(decode.decode_step, static_argnums=0)
+  step = jax.jit(decode.decode_step)
   for i in range(int(n_B.max()) - 1):
-    _, c2 = step(g, p, c, s.tokens_BxM[:, i])
+    _, c2 = step(model, c, s.tokens_BxM[:, i])
     # rows that emitted fewer tokens stop advancing (commit nothing past their own count)
     live_B = jnp.asarray(i < n_B - 1)
     c = jax.tree.map(lambda a, b: jnp.where(live_B.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
@@ -191,18 +213,19 @@ def test_sampling_acceptance_is_lossless_on_a_toy_target():
 def test_sampling_generation_first_two_tokens_match_plain_sampling():
   """Speculative sampling's first two tokens have plain sampling's law (tiny model, 3000 rows:
   two-sample chi-square on the second token and on the pair's coarse classes)."""
-  g, p = _model(2)
+  model = _model(2)
   # sharpen the tiny model so the law is far from uniform and drafts get accepted
-  p = jax.tree.map(lambda x: x * 6.0 if x.ndim == 2 and x.shape[0] == V else x, p)
+  model = model.with_params(jax.tree.map(
+      lambda x: x * 6.0 if x.ndim == 2 and x.shape[0] == V else x, model.params))
   n = 2000
   prompts = jnp.broadcast_to(jnp.array([[3, 9, 4, 3, 9]]), (n, 5))
   sampling = Sampling(temperature=1.0)
-  spec = generate(g, p, prompts, drafter=TokenRecycling(n_nodes=6, k=2), max_new_tokens=2,
+  spec = generate(model, prompts, drafter=TokenRecycling(n_nodes=6, k=2), max_new_tokens=2,
                   sampling=sampling, key=jax.random.key(7))
-  assert spec.accepted > 0  # the drafts are sometimes right: acceptance is exercised
-  plain, _ = decode.generate(g, p, prompts, max_new_tokens=2, sampling=sampling,
-                             key=jax.random.key(8))
-  s, q = np.asarray(spec.tokens_BxM), np.asarray(plain)
+  assert int(jnp.sum(spec.stats["accepted_B"])) > 0  # acceptance is exercised
+  plain = decode.generate(model, prompts, max_new_tokens=2, sampling=sampling,
+                          key=jax.random.key(8))
+  s, q = np.asarray(spec.tokens_BxN), np.asarray(plain.tokens_BxN)
   for a, b in ((s[:, 1], q[:, 1]), (s[:, 0] * 4 + s[:, 1] % 4, q[:, 0] * 4 + q[:, 1] % 4)):
     cats = np.union1d(a, b)
     table = np.stack([[np.sum(a == c) for c in cats], [np.sum(b == c) for c in cats]])
@@ -212,10 +235,15 @@ def test_sampling_generation_first_two_tokens_match_plain_sampling():
 
 
 def test_bad_input_names_the_argument():
-  g, p = _model(0)
+  model = _model(0)
   with pytest.raises(ValueError, match="capacity"):
-    generate(g, p, _prompts(0), drafter=TokenRecycling(n_nodes=16), max_new_tokens=8,
+    generate(model, _prompts(0), drafter=TokenRecycling(n_nodes=16), max_new_tokens=8,
              capacity=20)
+  with pytest.raises(TypeError, match="drafter.*DeviceDrafter.*HostDrafter"):
+    generate(model, _prompts(0), drafter="tr", max_new_tokens=8)
+  with pytest.raises(TypeError, match="model"):
+    generate((model.graphdef, model.params), _prompts(0), drafter=TokenRecycling(),
+             max_new_tokens=8)
   with pytest.raises(ValueError, match="parent"):
     make_tree(np.zeros((1, 3)), np.array([[0, 0, 2]]))
   with pytest.raises(ValueError, match="k"):
