@@ -137,35 +137,80 @@ def rollback(cache: KVCache, n_B: Int[Array, "B"]) -> KVCache:
       next_pos=cache.next_pos - n_B)
 
 
-def keep(cache: KVCache, keep_per_layer: tuple[Int[Array, "B K M"], ...],
-         n_keep_per_layer: tuple[Int[Array, "B K"], ...]) -> KVCache:
-  """Gather-compacts every (layer, row, kv head): slots ``keep[b, k, :n_keep[b, k]]`` (in that
-  order) move to slots ``0 .. n_keep``, which become the visible ones. ``next_pos`` is unchanged:
-  the kept tokens keep their positions (stored in ``pos``) and new tokens continue after them.
+def keep_layer(layer: LayerKV, keep_BxKxM: Int[Array, "B K M"], n_keep_BxK: Int[Array, "B K"],
+               capacity: int | None = None) -> LayerKV:
+  """One layer gather-compacted: slots ``keep[b, k, :n_keep[b, k]]`` (in that order) move to
+  slots ``0 .. n_keep``, which become the visible ones (``length = min(n_keep, M)``).
 
-  M (the static budget) may differ per layer; entries past ``n_keep`` are ignored.
+  ``capacity`` None: the layer keeps its S slots (slots past M keep their old, invisible
+  contents). ``capacity`` (static, <= S): the result has exactly that many slots, gathered
+  straight from the kept ones - never a full-size copy (at 8192 x 8 a SmolLM2 fp32 cache is
+  3 GB) - and kept entries past ``capacity`` are dropped, so give at least the largest n_keep.
+  """
+  b, k, m = keep_BxKxM.shape
+  if (b, k) != layer.length.shape or m > layer.capacity:
+    raise ValueError(f"keep: indices must have shape [B, K, M<=S] with (B, K) = "
+                     f"{layer.length.shape}, S = {layer.capacity}; got {keep_BxKxM.shape}")
+  if capacity is not None:
+    if not 0 < capacity <= layer.capacity:
+      raise ValueError(f"capacity: expected in (0, {layer.capacity}], got {capacity}")
+    keep_BxKxM = jnp.pad(keep_BxKxM[:, :, :capacity], [(0, 0), (0, 0), (0, max(capacity - m, 0))])
+    m = capacity
+  idx_BxKxM = jnp.clip(keep_BxKxM.astype(jnp.int32), 0, layer.capacity - 1)
+  n_BxK = jnp.minimum(n_keep_BxK.astype(jnp.int32), m)
+  live_BxKxM = jnp.arange(m)[None, None, :] < n_BxK[..., None]
+
+  def gather(x_BxKxSx, fill):
+    tail = [1] * (x_BxKxSx.ndim - 3)
+    g = jnp.take_along_axis(x_BxKxSx, idx_BxKxM.reshape(b, k, m, *tail), axis=2)
+    g = jnp.where(live_BxKxM.reshape(b, k, m, *tail), g, fill).astype(x_BxKxSx.dtype)
+    if capacity is not None:
+      return g
+    return jax.lax.dynamic_update_slice_in_dim(x_BxKxSx, g, 0, axis=2)
+  return layer.replace(k=gather(layer.k, 0), v=gather(layer.v, 0),
+                       pos=gather(layer.pos, EMPTY_POS), length=n_BxK)
+
+
+def keep(cache: KVCache, keep_per_layer: tuple[Int[Array, "B K M"], ...],
+         n_keep_per_layer: tuple[Int[Array, "B K"], ...], *,
+         capacity: int | None = None) -> KVCache:
+  """Gather-compacts every (layer, row, kv head) (``keep_layer``; the one gather-compaction in
+  jaxtok: KV compression's plans and speculation's accepted paths both use it). ``next_pos`` is
+  unchanged: the kept tokens keep their positions (stored in ``pos``) and new tokens continue
+  after them. M (the static budget) may differ per layer; entries past ``n_keep`` are ignored;
+  ``capacity`` (static): every layer gets that many slots.
   """
   if len(keep_per_layer) != len(cache.layers) or len(n_keep_per_layer) != len(cache.layers):
     raise ValueError(f"keep: expected one keep/n_keep array per layer ({len(cache.layers)}), "
                      f"got {len(keep_per_layer)} and {len(n_keep_per_layer)}")
-  layers = []
-  for layer, keep_BxKxM, n_BxK in zip(cache.layers, keep_per_layer, n_keep_per_layer):
-    b, k, m = keep_BxKxM.shape
-    if (b, k) != layer.length.shape or m > layer.capacity:
-      raise ValueError(f"keep: indices must have shape [B, K, M<=S] with (B, K) = "
-                       f"{layer.length.shape}, S = {layer.capacity}; got {keep_BxKxM.shape}")
-    idx_BxKxM = jnp.clip(keep_BxKxM.astype(jnp.int32), 0, layer.capacity - 1)
-    live_BxKxM = jnp.arange(m)[None, None, :] < n_BxK[..., None]
+  return cache.replace(layers=tuple(
+      keep_layer(layer, keep_BxKxM, n_BxK, capacity)
+      for layer, keep_BxKxM, n_BxK in zip(cache.layers, keep_per_layer, n_keep_per_layer)))
 
-    def gather(x_BxKxSx, fill):
-      g = jnp.take_along_axis(x_BxKxSx, idx_BxKxM.reshape(b, k, m, *([1] * (x_BxKxSx.ndim - 3))),
-                              axis=2)
-      g = jnp.where(live_BxKxM.reshape(b, k, m, *([1] * (x_BxKxSx.ndim - 3))), g, fill)
-      return jax.lax.dynamic_update_slice_in_dim(x_BxKxSx, g.astype(x_BxKxSx.dtype), 0, axis=2)
-    layers.append(layer.replace(k=gather(layer.k, 0), v=gather(layer.v, 0),
-                                pos=gather(layer.pos, EMPTY_POS),
-                                length=jnp.minimum(n_BxK.astype(jnp.int32), m)))
+
+def resize(cache: KVCache, capacity: int) -> KVCache:
+  """The cache with ``capacity`` slots per (layer, row, kv head): a compressed cache shrinks
+  (its valid slots must fit: ``length`` is clipped to ``capacity``, slots past it are lost), and
+  any cache can grow for more decoding (new slots empty). Really frees memory; ``next_pos`` is
+  unchanged."""
+  if capacity <= 0:
+    raise ValueError(f"capacity: expected > 0, got {capacity}")
+  layers = []
+  for layer in cache.layers:
+    layers.append(LayerKV(k=resize_slots(layer.k, capacity), v=resize_slots(layer.v, capacity),
+                          length=jnp.minimum(layer.length, capacity),
+                          pos=resize_slots(layer.pos, capacity, EMPTY_POS)))
   return cache.replace(layers=tuple(layers))
+
+
+def resize_slots(x_BxKxSx, capacity: int, fill=0):
+  """A per-slot array [B, K, S, ...] (keys, positions, a policy's per-slot statistics) cut or
+  padded with ``fill`` to ``capacity`` slots."""
+  s = x_BxKxSx.shape[2]
+  if capacity <= s:
+    return x_BxKxSx[:, :, :capacity]
+  pad = [(0, 0), (0, 0), (0, capacity - s)] + [(0, 0)] * (x_BxKxSx.ndim - 3)
+  return jnp.pad(x_BxKxSx, pad, constant_values=fill)
 
 
 def select(cache: KVCache, selected_per_layer: tuple[Bool[Array, "B K S"], ...]) -> KVCache:

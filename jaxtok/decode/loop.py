@@ -127,12 +127,14 @@ def start(model: Model, prompt_BxT, prompt_len_B, key, *, capacity: int, max_new
 
 
 def decode_body(model: Model, state: DecodeState, *, sampling: Sampling, eos_id: int | None,
-                compactor: Compactor | None = None) -> DecodeState:
-  """Draws one token per row from ``state.logits_BxV``, records it, and runs it through the
-  model (then the compactor, if any). Rows that are done record 0 (their cache keeps
-  advancing; nothing reads it)."""
+                compactor: Compactor | None = None,
+                forced_B: Int[Array, "B"] | None = None) -> DecodeState:
+  """Draws one token per row from ``state.logits_BxV`` (or takes ``forced_B``: teacher forcing,
+  e.g. scoring a text under a compressed cache), records it, and runs it through the model
+  (then the compactor, if any). Rows that are done record 0 (their cache keeps advancing;
+  nothing reads it)."""
   key, sub = jax.random.split(state.key)
-  token_B = sample(state.logits_BxV, sub, sampling)
+  token_B = sample(state.logits_BxV, sub, sampling) if forced_B is None else forced_B
   tokens_BxN = state.tokens_BxN.at[:, state.step].set(jnp.where(state.done_B, 0, token_B))
   n_B = state.n_B + (~state.done_B).astype(jnp.int32)
   done_B = state.done_B | (token_B == eos_id) if eos_id is not None else state.done_B

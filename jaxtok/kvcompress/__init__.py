@@ -1,24 +1,33 @@
 """KV-cache compression: policies (scores or keep/merge plans per (layer, kv head)), budgets,
-plan application, compression while decoding, PIE re-rotation.
+the prompt's observation, plan application, compression while decoding (a ``Compactor`` of the
+one decode loop), PIE re-rotation.
 
 ``make(name, **fields)`` builds a policy by name; ``POLICIES`` lists them. Each policy's module
-names its paper. Typical use (one prefill, many policies)::
+names its paper. One prefill, many policies::
 
-    logits, cache, obs = observe(graphdef, params, init_cache(cfg, b, cap), tokens, window=32)
+    logits, cache, obs = observe(model, init_cache(model.cfg, b, t), tokens, window=32)
     res = compress(cache, make("snapkv"), from_ratio(cfg.n_layers, cfg.kv_heads, t, 0.1), obs)
+
+Compressed decoding is the engine's decoding with a compactor::
+
+    decode.generate(model, prompt, max_new_tokens=64,
+                    compactor=compactor("h2o", budget_tokens=256, every=16))
 """
 from __future__ import annotations
 
+from jaxtok.cache import resize
 from jaxtok.kvcompress.adakv import AdaKV
 from jaxtok.kvcompress.apply import (Result, apply_plans, budget_arrays, cache_bytes, compress,
-                                     compress_arrays, resize)
-from jaxtok.kvcompress.base import (Budget, LayerPlan, Observation, Policy, from_ratio, observe,
-                                    pyramid, top_plan, uniform)
+                                     compress_arrays)
+from jaxtok.kvcompress.budget import Budget, from_ratio, pyramid, uniform
+from jaxtok.kvcompress.compactor import CompactState, KVCompactor, compactor
 from jaxtok.kvcompress.elastic_cache import ElasticCache
 from jaxtok.kvcompress.ems import EMS
 from jaxtok.kvcompress.full import Full
 from jaxtok.kvcompress.h2o import H2O
 from jaxtok.kvcompress.knorm import KNorm
+from jaxtok.kvcompress.observe import Observation, observe
+from jaxtok.kvcompress.policy import LayerPlan, Policy, top_plan
 from jaxtok.kvcompress.pyramidkv import PyramidKV
 from jaxtok.kvcompress.random_policy import Random
 from jaxtok.kvcompress.sentencekv import SentenceKV
@@ -40,8 +49,8 @@ def make(name: str, **fields) -> Policy:
   return POLICIES[name](**fields)
 
 
-__all__ = ["AdaKV", "Budget", "EMS", "ElasticCache", "Full", "H2O", "KNorm", "LayerPlan",
-           "Observation", "POLICIES", "Policy", "PyramidKV", "Random", "Result", "SentenceKV",
-           "budget_arrays", "compress_arrays",
-           "SnapKV", "StreamingLLM", "TOVA", "apply_plans", "cache_bytes", "compress",
+__all__ = ["AdaKV", "Budget", "CompactState", "EMS", "ElasticCache", "Full", "H2O", "KNorm",
+           "KVCompactor", "LayerPlan", "Observation", "POLICIES", "Policy", "PyramidKV", "Random",
+           "Result", "SentenceKV", "SnapKV", "StreamingLLM", "TOVA", "apply_plans",
+           "budget_arrays", "cache_bytes", "compactor", "compress", "compress_arrays",
            "from_ratio", "make", "observe", "pyramid", "resize", "top_plan", "uniform"]

@@ -11,7 +11,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxtok.config import require
-from jaxtok.kvcompress.base import PROTECT, Policy, plan_from_mask, valid_slots
+from jaxtok.kvcompress.policy import PROTECT, Policy, plan_from_mask, valid_slots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,7 @@ class AdaKV(Policy):
     return self.inner.needs_window
 
   merges = False  # plan_from_mask: keeps or drops only
+  headwise = True
 
   def allocate(self, budget, obs):
     return self.inner.allocate(budget, obs)

@@ -9,7 +9,8 @@ class, index S) are dropped. One scatter-add does all heads at once whatever eac
 or merges.
 
 ``compress`` runs a policy over every layer and reports the fraction of valid slots actually
-kept; ``resize`` gives the compressed cache a smaller capacity, so the memory is really freed.
+kept; ``jaxtok.cache.resize`` gives the compressed cache a smaller capacity, so the memory is
+really freed.
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from jaxtok_kernels import common as kernel_common
 from jaxtok_kernels.kvcompress import merge_slots
 
 from jaxtok import cache as cache_lib
-from jaxtok.cache import EMPTY_POS, KVCache, LayerKV
+from jaxtok.cache import KVCache, LayerKV
 from jaxtok.config import require
-from jaxtok.kvcompress.base import Budget, LayerPlan, Observation, Policy
+from jaxtok.kvcompress.budget import Budget
+from jaxtok.kvcompress.observe import Observation
+from jaxtok.kvcompress.policy import LayerPlan, Policy
 
 
 def merge_reference(x_BxKxSxDh: Float[Array, "B K S Dh"], mass_BxKxS: Float[Array, "B K S"],
@@ -59,23 +62,6 @@ def segment_sums(x_BxKxSxF, dest_BxKxS):
   return jax.vmap(jax.vmap(fn))(x_BxKxSxF, dest_BxKxS)
 
 
-def _gather_compact(layer: LayerKV, plan: LayerPlan, capacity: int) -> LayerKV:
-  """The kept slots gathered straight into a ``capacity``-slot layer (never a full-size copy:
-  at 8192 x 8 a SmolLM2 fp32 cache is 3 GB). Kept slots past ``capacity`` are dropped, so the
-  caller gives at least the largest per-head budget."""
-  keep_BxKxM = plan.keep_BxKxS[:, :, :capacity]
-  n_BxK = jnp.minimum(plan.n_keep_BxK.astype(jnp.int32), capacity)
-  live_BxKxM = jnp.arange(capacity)[None, None, :] < n_BxK[..., None]
-
-  def gather(x, fill):
-    idx = keep_BxKxM.reshape(*keep_BxKxM.shape, *([1] * (x.ndim - 3)))
-    g = jnp.take_along_axis(x, idx, axis=2)
-    return jnp.where(live_BxKxM.reshape(*live_BxKxM.shape, *([1] * (x.ndim - 3))), g, fill
-                     ).astype(x.dtype)
-  return LayerKV(k=gather(layer.k, 0), v=gather(layer.v, 0), length=n_BxK,
-                 pos=gather(layer.pos, EMPTY_POS))
-
-
 def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=(), *, merges: bool = True,
                 capacity: int | None = None):
   """One layer: (compacted + merged layer, its new mass, its new extra per-slot sums).
@@ -89,7 +75,7 @@ def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=(), *, merges
     cap = s if capacity is None else capacity
     if cap > s:
       raise ValueError(f"capacity: expected at most the cache capacity {s}, got {cap}")
-    compact = _gather_compact(layer, plan, cap)
+    compact = cache_lib.keep_layer(layer, plan.keep_BxKxS, plan.n_keep_BxK, cap)
     live_BxKxM = jnp.arange(cap) < compact.length[..., None]
     if not merges:
       out_mass = jnp.where(live_BxKxM, jnp.take_along_axis(
@@ -102,9 +88,7 @@ def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=(), *, merges
     return (full.replace(k=full.k[:, :, :cap], v=full.v[:, :, :cap], pos=full.pos[:, :, :cap],
                          length=jnp.minimum(full.length, cap)), m[:, :, :cap],
             tuple(e[:, :, :cap] for e in ex))
-  compact = cache_lib.keep(KVCache(layers=(layer,), next_pos=jnp.zeros(layer.k.shape[:1],
-                                                                         jnp.int32)),
-                           (plan.keep_BxKxS,), (plan.n_keep_BxK,)).layers[0]
+  compact = cache_lib.keep_layer(layer, plan.keep_BxKxS, plan.n_keep_BxK)
   if plan.weight_BxKxS is None:
     k_sum, v_sum, m_new = merge_sums(layer.k, layer.v, mass_BxKxS, dest_BxKxS)
     w_new = m_new
@@ -189,33 +173,6 @@ def compress_arrays(cache: KVCache, policy: Policy, budget_per_layer, obs: Obser
   after = sum(jnp.sum(l.length) for l in new.layers)
   return Result(cache=new, mass=masses, kept_fraction=after / jnp.maximum(before, 1),
                 extra=extras)
-
-
-def resize(cache: KVCache, capacity: int) -> KVCache:
-  """The cache with ``capacity`` slots per (layer, row, head): compressed caches shrink (their
-  valid slots must fit), and a cache can be grown for more decoding. Really frees memory."""
-  if capacity <= 0:
-    raise ValueError(f"capacity: expected > 0, got {capacity}")
-  layers = []
-  for layer in cache.layers:
-    s = layer.capacity
-    if capacity <= s:
-      layers.append(LayerKV(k=layer.k[:, :, :capacity], v=layer.v[:, :, :capacity],
-                            length=jnp.minimum(layer.length, capacity),
-                            pos=layer.pos[:, :, :capacity]))
-    else:
-      pad = [(0, 0), (0, 0), (0, capacity - s)]
-      layers.append(LayerKV(k=jnp.pad(layer.k, pad + [(0, 0)]), v=jnp.pad(layer.v, pad + [(0, 0)]),
-                            length=layer.length,
-                            pos=jnp.pad(layer.pos, pad, constant_values=EMPTY_POS)))
-  return cache.replace(layers=tuple(layers))
-
-
-def resize_slots(x_BxKxS, capacity: int, fill=0.0):
-  s = x_BxKxS.shape[2]
-  if capacity <= s:
-    return x_BxKxS[:, :, :capacity]
-  return jnp.pad(x_BxKxS, [(0, 0), (0, 0), (0, capacity - s)], constant_values=fill)
 
 
 def cache_bytes(cache: KVCache) -> int:

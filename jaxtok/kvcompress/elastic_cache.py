@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtok.config import require
-from jaxtok.kvcompress.base import (PROTECT, LayerPlan, Policy, recent_mask, top_plan,
+from jaxtok.kvcompress.policy import (PROTECT, LayerPlan, Policy, recent_mask, top_plan,
                                     valid_slots)
 
 

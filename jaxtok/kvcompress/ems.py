@@ -27,7 +27,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxtok.config import require
-from jaxtok.kvcompress.base import PROTECT, Policy, recent_mask, top_plan, valid_slots
+from jaxtok.kvcompress.policy import PROTECT, Policy, recent_mask, top_plan, valid_slots
 from jaxtok.kvcompress.elastic_cache import neighbours
 from jaxtok.kvcompress.snapkv import pool
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from jaxtok.kvcompress.base import Policy, top_plan
+from jaxtok.kvcompress.policy import Policy, top_plan
 
 
 @dataclasses.dataclass(frozen=True)

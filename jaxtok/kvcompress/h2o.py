@@ -13,7 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxtok.config import require
-from jaxtok.kvcompress.base import PROTECT, Policy, recent_mask
+from jaxtok.kvcompress.policy import PROTECT, Policy, recent_mask
 
 
 @dataclasses.dataclass(frozen=True)

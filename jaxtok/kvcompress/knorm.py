@@ -7,7 +7,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from jaxtok.kvcompress.base import Policy
+from jaxtok.kvcompress.policy import Policy
 
 
 @dataclasses.dataclass(frozen=True)

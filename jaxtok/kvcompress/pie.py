@@ -17,7 +17,7 @@ from jaxtyping import Array, Float, Int
 from jaxtok import cache as cache_lib
 from jaxtok.cache import KVCache
 from jaxtok.config import require
-from jaxtok.nn.transformer import forward
+from jaxtok.decode import Model, extend
 
 
 def rerotate(k_BxKxSxDh: Float[Array, "B K S Dh"], old_pos_BxKxS: Int[Array, "B K S"],
@@ -74,17 +74,17 @@ def splice(cache: KVCache, start: int, n: int) -> KVCache:
   return out.replace(next_pos=out.next_pos - n)
 
 
-def insert(graphdef, params, cache: KVCache, start: int, tokens_BxM, theta: float) -> KVCache:
+def insert(model: Model, cache: KVCache, start: int, tokens_BxM, theta: float) -> KVCache:
   """Inserts ``tokens`` at position ``start``: later tokens are re-rotated by +M, and only the
-  M new tokens are encoded, attending to the tokens before ``start`` (a compacted view), then
-  written into the cache (PIE for insertion)."""
+  M new tokens are encoded (``extend`` on a compacted view holding the tokens before
+  ``start``), then written into the cache at their positions (PIE for insertion)."""
   b, m = tokens_BxM.shape
   require(m > 0 and start >= 0, "insert", "start >= 0 and at least one token", (start, m))
   l0 = cache.layers[0]
   valid = jnp.arange(l0.capacity)[None, None, :] < l0.length[..., None]
   view = _select(cache, valid & (l0.pos < start))
   pos_BxM = jnp.broadcast_to(start + jnp.arange(m, dtype=jnp.int32), (b, m))
-  kv = forward(graphdef, params, tokens_BxM, pos_BxM, cache=view).kv
+  kv = extend(model, view, tokens_BxM, pos_BxM)[0].kv
   moved = shift(cache, start, m, theta)
   layers = tuple(cache_lib.write_block(l, k, v, pos_BxM) for l, (k, v) in zip(moved.layers, kv))
   out = cache_lib.commit(moved.replace(layers=layers), jnp.full((b,), m, jnp.int32))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxtok.config import require
-from jaxtok.kvcompress.base import pyramid
+from jaxtok.kvcompress.budget import pyramid
 from jaxtok.kvcompress.snapkv import SnapKV
 
 

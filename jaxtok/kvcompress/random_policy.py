@@ -6,7 +6,7 @@ import dataclasses
 
 import jax
 
-from jaxtok.kvcompress.base import Policy
+from jaxtok.kvcompress.policy import Policy
 
 
 @dataclasses.dataclass(frozen=True)

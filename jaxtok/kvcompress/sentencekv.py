@@ -20,7 +20,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from jaxtok_kernels.selected_attention import from_indices
 
@@ -28,8 +27,11 @@ from jaxtok import cache as cache_lib
 from jaxtok import decode
 from jaxtok.cache import init_cache
 from jaxtok.config import require
+from jaxtok.decode import Generation, Model
 from jaxtok.kvcompress.apply import budget_arrays
-from jaxtok.kvcompress.base import PROTECT, Policy, observe, recent_mask, uniform, valid_slots
+from jaxtok.kvcompress.budget import uniform
+from jaxtok.kvcompress.observe import observe
+from jaxtok.kvcompress.policy import PROTECT, Policy, recent_mask, valid_slots
 
 
 def sentence_ids(tokens_BxS, boundary_ids):
@@ -94,37 +96,39 @@ def selections(cache, obs, policy: SentenceKV, budget_tokens: int):
   return tuple(out)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "policy", "budget_tokens", "window",
+@functools.partial(jax.jit, static_argnames=("policy", "budget_tokens", "window",
                                              "max_new_tokens"))
-def _generate(graphdef, params, tokens_BxT, *, policy, budget_tokens, window, max_new_tokens):
-  cfg = nnx.merge(graphdef, params).cfg
+def decode_selected(model: Model, tokens_BxT, *, policy, budget_tokens, window,
+                    max_new_tokens) -> tuple[decode.DecodeState, tuple]:
+  """The jitted core of ``generate`` (no input checks): the final loop state (logits, the
+  selected cache) and the per-layer selections."""
   capacity = tokens_BxT.shape[1] + max_new_tokens
-  logits_BxV, cache, obs = observe(graphdef, params, init_cache(cfg, tokens_BxT.shape[0],
-                                                                capacity), tokens_BxT, window)
+  logits_BxV, cache, obs = observe(model, init_cache(model.cfg, tokens_BxT.shape[0], capacity),
+                                   tokens_BxT, window)
   selected = selections(cache, obs, policy, budget_tokens)
   state = decode.initial_state(cache_lib.select(cache, selected), logits_BxV, jax.random.key(0),
                                max_new_tokens=max_new_tokens)
-  state = decode.decode_loop(graphdef, params, state, sampling=decode.Sampling(), eos_id=None)
+  state = decode.decode_loop(model, state, sampling=decode.Sampling(), eos_id=None)
   return state, selected
 
 
-def generate(graphdef, params, prompt_BxT, *, policy: SentenceKV, budget_tokens: int,
-             max_new_tokens: int, window: int = 32):
+def generate(model: Model, prompt_BxT, *, policy: SentenceKV, budget_tokens: int,
+             max_new_tokens: int, window: int = 32) -> Generation:
   """Greedy decoding over the full prompt cache with selected attention (the model's
-  ``attention_impl`` picks the kernel). Returns (tokens i32[B, N], info) with info =
-  {"logits": f32[B, V] after the last token, "selected_fraction": attended prompt slots /
-  prompt slots, "cache": the final (selected) cache}."""
-  cfg = nnx.merge(graphdef, params).cfg
+  ``attention_impl`` picks the kernel). Returns the ``Generation``, its stats holding
+  ``selected_fraction``: attended prompt slots / prompt slots (``decode_selected`` gives the
+  final logits and selected cache)."""
+  decode.check_model(model)
+  cfg = model.cfg
   prompt_BxT = jnp.asarray(prompt_BxT, jnp.int32)
   t = prompt_BxT.shape[1]
   require(0 < budget_tokens <= t, "budget_tokens", f"in (0, prompt length {t}]", budget_tokens)
   require(max_new_tokens > 0, "max_new_tokens", "> 0", max_new_tokens)
   require(int(prompt_BxT.min()) >= 0 and int(prompt_BxT.max()) < cfg.vocab_size, "prompt_BxT",
           f"token ids in [0, {cfg.vocab_size})", (int(prompt_BxT.min()), int(prompt_BxT.max())))
-  state, selected = _generate(graphdef, params, prompt_BxT, policy=policy,
-                              budget_tokens=budget_tokens, window=window,
-                              max_new_tokens=max_new_tokens)
-  kept = float(sum(jnp.sum(s) for s in selected)) / (len(selected) * selected[0].shape[0]
-                                                     * selected[0].shape[1] * t)
-  return state.tokens_BxN, {"logits": state.logits_BxV, "selected_fraction": kept,
-                            "cache": state.cache}
+  state, selected = decode_selected(model, prompt_BxT, policy=policy, budget_tokens=budget_tokens,
+                              window=window, max_new_tokens=max_new_tokens)
+  kept = sum(jnp.sum(s) for s in selected) / (len(selected) * selected[0].shape[0]
+                                              * selected[0].shape[1] * t)
+  return Generation(tokens_BxN=state.tokens_BxN, n_B=state.n_B,
+                    stats={"selected_fraction": kept})

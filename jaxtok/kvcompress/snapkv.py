@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtok.config import require
-from jaxtok.kvcompress.base import PROTECT, Policy, recent_mask, valid_slots
+from jaxtok.kvcompress.policy import PROTECT, Policy, recent_mask, valid_slots
 
 
 def pool(x_BxKxS, kernel: int, kind: str):

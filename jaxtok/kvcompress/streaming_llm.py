@@ -13,7 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxtok.config import require
-from jaxtok.kvcompress.base import PROTECT, Policy
+from jaxtok.kvcompress.policy import PROTECT, Policy
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from jaxtok.kvcompress.base import PROTECT, Policy, recent_mask
+from jaxtok.kvcompress.policy import PROTECT, Policy, recent_mask
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,10 +15,16 @@ accuracy on unseen symbols equals its accuracy on seen ones in distribution.
 """
 from __future__ import annotations
 
+import functools
+
+import jax
 import numpy as np
 
 from jaxtok.config import require
 from jaxtok.data.sources import SeededSource
+from jaxtok.decode.model import Model
+from jaxtok.lexinvariant.loss import sequence_logits
+from jaxtok.nn.transformer import default_positions, forward
 
 
 def symbol_split(vocab_size: int, n_heldout: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,3 +80,26 @@ def answer_accuracy(logits_BxTxV, targets_BxT, weights_BxT) -> float:
   require(scored_BxT.any(), "weights_BxT", "at least one scored target", 0)
   hit_BxT = np.argmax(logits_BxTxV, -1) == targets_BxT
   return float(hit_BxT[scored_BxT].mean())
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "p"))
+def model_logits(model: Model, batch: dict, key: jax.Array, *, scale: float = 1.0,
+                 p: float | None = None) -> jax.Array:
+  """A trained LM's logits [B, T, V] on ``batch``: ``p=None`` a standard LM; else the
+  (semi-)lexinvariant LM with tables drawn from ``key`` and the batch's ``index``, as in its
+  loss (``p=0``: the semi-lexinvariant LM's learned rows alone)."""
+  if p is None:
+    return forward(model.graphdef, model.params, batch["inputs"],
+                   default_positions(*batch["inputs"].shape)).logits
+  return sequence_logits(model.cfg, model.graphdef, model.params, batch, key, scale=scale,
+                         p=p)[0]
+
+
+def lookup_accuracy(model: Model, batches: list[dict], *, scale: float = 1.0,
+                    p: float | None = None) -> float:
+  """Mean answer accuracy of ``model`` (see ``model_logits``) over equal lookup ``batches``;
+  batch i draws its tables from ``PRNGKey(1000 + i)``."""
+  require(len(batches) > 0, "batches", "at least one batch", 0)
+  hits = [answer_accuracy(model_logits(model, b, jax.random.PRNGKey(1000 + i), scale=scale, p=p),
+                          b["targets"], b["weights"]) for i, b in enumerate(batches)]
+  return float(np.mean(hits))  # equal batches, equal answers per batch

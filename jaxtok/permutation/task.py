@@ -1,4 +1,4 @@
-"""Inverse permutation learning: the task, the exact causal bound, and the Lemma-1 check.
+"""Inverse permutation learning: the task (layout, batches, masks, source, token scores).
 
 Alur, Hays, Raghavan, Shah, "The Impossibility of Inverse Permutation Learning in Transformer
 Models" (arXiv 2509.24125). A permutation matrix P (row i is the one-hot e_{sigma(i)}) and the
@@ -25,9 +25,7 @@ by rook numbers on the Ferrers board of unrecoverable (row, source) cells).
 """
 from __future__ import annotations
 
-import math
-from fractions import Fraction
-from typing import Callable, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,11 +34,13 @@ import numpy as np
 from jaxtok.config import require
 from jaxtok.data.sources import SeededSource
 from jaxtok.nn import masks
+from jaxtok.nn.transformer import forward
+from jaxtok.train.losses import LossAux, cross_entropy, model_inputs, weighted_mean
 
 Variant = Literal["causal", "unmasked", "prefix", "scratch"]
 
 
-def _check_task(n: int, n_scratch: int) -> None:
+def check_task(n: int, n_scratch: int) -> None:
   require(isinstance(n, (int, np.integer)) and n >= 2, "n", "an integer >= 2", n)
   require(isinstance(n_scratch, (int, np.integer)) and n_scratch >= 0, "n_scratch",
           "an integer >= 0", n_scratch)
@@ -48,7 +48,7 @@ def _check_task(n: int, n_scratch: int) -> None:
 
 def seq_len(n: int, n_scratch: int = 0) -> int:
   """T = 2n + m rows: [P; Y_P; 0_m]."""
-  _check_task(n, n_scratch)
+  check_task(n, n_scratch)
   return 2 * n + n_scratch
 
 
@@ -68,7 +68,7 @@ def vector_batch(rng: np.random.Generator, batch: int, n: int, *,
   """The paper's vector task: ``x`` f32[B, T, n] = [P; Y_P; 0_m] (d = n columns, as in the
   code: Y ~ Bernoulli(1/2)^{n x n}), ``y`` f32[B, n, d] = Y = P^T Y_P, ``perm`` i32[B, n] = sigma,
   ``read`` i32[B, n] (rows holding the answers)."""
-  _check_task(n, n_scratch)
+  check_task(n, n_scratch)
   d = n  # rows of P and of Y_P share the input width
   perm_BxN = sample_perms(rng, batch, n)
   y_BxNxD = rng.integers(0, 2, (batch, n, d)).astype(np.float32)
@@ -96,7 +96,7 @@ def token_batch(rng: np.random.Generator, batch: int, n: int, k: int, *,
   """Token task for jaxtok's transformer: ``inputs`` i32[B, T] = [sigma(0..n-1); Y_P; SCRATCH^m]
   with Y a string of n symbols uniform over k; ``targets`` i32[B, T] hold Y_j at the read row
   of j (zero elsewhere) and ``weights`` f32[B, T] select the n read rows."""
-  _check_task(n, n_scratch)
+  check_task(n, n_scratch)
   voc = token_vocab(n, k)
   t = seq_len(n, n_scratch)
   perm_BxN = sample_perms(rng, batch, n)
@@ -133,7 +133,7 @@ class PermutationSource(SeededSource):
                n_scratch: int = 0, k: int = 2, variant: Variant = "causal",
                length: int = 2**31 - 1):
     super().__init__(seed, length)
-    _check_task(n, n_scratch)
+    check_task(n, n_scratch)
     require(kind in ("vector", "tokens"), "kind", "vector | tokens", kind)
     self.n, self.kind, self.n_scratch, self.k, self.variant = n, kind, n_scratch, k, variant
     mask_for(variant, n, n_scratch, 1)  # validates the variant
@@ -149,85 +149,6 @@ class PermutationSource(SeededSource):
     return ex
 
 
-# ----------------------------------------------------------------------------- exact bounds
-
-
-def unrecoverable(perm_BxN: np.ndarray, n_scratch: int = 0) -> np.ndarray:
-  """bool[B, n]: answer j cannot depend on Y_j under a causal mask (sigma^{-1}(j) > j + m)."""
-  perm_BxN = np.asarray(perm_BxN)
-  inv_BxN = np.argsort(perm_BxN, axis=1)
-  return inv_BxN > np.arange(perm_BxN.shape[1]) + n_scratch
-
-
-def expected_unrecoverable(n: int, n_scratch: int = 0) -> Fraction:
-  """E[#unrecoverable rows] for a uniform sigma: sum_j P(sigma^{-1}(j) > j + m), exact."""
-  _check_task(n, n_scratch)
-  return sum((Fraction(max(0, n - 1 - j - n_scratch), n) for j in range(n)), Fraction(0))
-
-
-def causal_mse_lower_bound(n: int, *, n_scratch: int = 0, d: int | None = None,
-                           read: Literal["last", "P"] = "last") -> float:
-  """Exact minimum expected per-example squared error of a causal model on the vector task
-  (Bernoulli(1/2) entries cost 0.25 each when unrecoverable). ``read="last"``: answers at the
-  last n rows (the Y_P block when m = 0: 0.25 d (n-1)/2); ``read="P"``: at the P block, which
-  sees no Y_P row at all (0.25 n d)."""
-  d = n if d is None else d
-  require(read in ("last", "P"), "read", "last | P", read)
-  if read == "P":
-    return 0.25 * n * d
-  return 0.25 * d * float(expected_unrecoverable(n, n_scratch))
-
-
-def unrecoverable_distribution(n: int, n_scratch: int = 0) -> list[Fraction]:
-  """P(#unrecoverable = h), h = 0..n, exactly: rook numbers r_k of the Ferrers board of
-  unrecoverable (answer j, source row i > j + m) cells, then inclusion-exclusion
-  N_h = sum_k (-1)^{k-h} C(k, h) r_k (n-k)!."""
-  _check_task(n, n_scratch)
-  # Row j may not use its max(0, n-1-j-m) highest columns: nested sets, so a row with f cells
-  # has f - t free columns after t rooks went into the (smaller, nested) earlier rows.
-  sizes = sorted(max(0, n - 1 - j - n_scratch) for j in range(n))
-  rooks = [1] + [0] * n
-  for f in sizes:
-    for t in range(n - 1, -1, -1):
-      rooks[t + 1] += rooks[t] * max(0, f - t)
-  total = math.factorial(n)
-  return [Fraction(sum((-1) ** (k - h) * math.comb(k, h) * rooks[k] * math.factorial(n - k)
-                       for k in range(h, n + 1)), total) for h in range(n + 1)]
-
-
-def causal_token_bounds(n: int, k: int, n_scratch: int = 0) -> dict[str, float]:
-  """The best any causal model can do on the token task, exactly: per answer token accuracy
-  (max) and cross-entropy (min, nats), and whole-answer exact match (max)."""
-  u = float(expected_unrecoverable(n, n_scratch)) / n
-  dist = unrecoverable_distribution(n, n_scratch)
-  exact = float(sum(p * Fraction(1, k) ** h for h, p in enumerate(dist)))
-  return {"accuracy": 1.0 - u * (1.0 - 1.0 / k), "cross_entropy": u * math.log(k),
-          "exact_match": exact, "unrecoverable_fraction": u}
-
-
-# ----------------------------------------------------------------------------- Lemma 1
-
-
-def perturb_rows_after(key: jax.Array, x, t: int, *, vocab: int | None = None):
-  """A copy of ``x`` ([B, T, ...] floats, or [B, T] token ids with ``vocab``) whose rows > t
-  are redrawn at random; rows <= t are untouched."""
-  require(0 <= t < x.shape[1] - 1, "t", f"in [0, T-1) = [0, {x.shape[1] - 1})", t)
-  after = (jnp.arange(x.shape[1]) > t).reshape((1, -1) + (1,) * (x.ndim - 2))
-  if vocab is not None:
-    new = jax.random.randint(key, x.shape, 0, vocab, dtype=x.dtype)
-  else:
-    new = x + jax.random.normal(key, x.shape, x.dtype)
-  return jnp.where(after, new, x)
-
-
-def lemma1_violation(apply_fn: Callable, x, x_perturbed, t: int) -> float:
-  """max |apply_fn(x)[:, :t+1] - apply_fn(x_perturbed)[:, :t+1]| over every output leaf (each
-  [B, T, ...]); Lemma 1 says it is exactly 0 under a causal mask."""
-  a, b = apply_fn(x), apply_fn(x_perturbed)
-  diffs = jax.tree.map(lambda u, v: jnp.max(jnp.abs(u[:, :t + 1] - v[:, :t + 1])), a, b)
-  return float(max(jax.tree.leaves(diffs)))
-
-
 def token_scores(logits_BxTxV, targets_BxT, weights_BxT) -> dict[str, jax.Array]:
   """Per answer token accuracy and cross-entropy (nats), and whole-answer exact match, over
   the rows ``weights`` selects (the n read rows of every example)."""
@@ -240,3 +161,17 @@ def token_scores(logits_BxTxV, targets_BxT, weights_BxT) -> dict[str, jax.Array]
   return {"accuracy": (hit_BxT * w_BxT).sum() / total,
           "cross_entropy": (nll_BxT * w_BxT).sum() / total,
           "exact_match": all_hit_B.astype(jnp.float32).mean()}
+
+
+def token_loss(graphdef, params, batch: dict, key: jax.Array) -> tuple[jax.Array, LossAux]:
+  """The default next-token loss (the same value as ``next_token_loss``; batch ``mask`` and
+  ``positions`` as there) that also reports ``token_scores`` as metrics, so the trainer's
+  evaluations give the answer-token error curve."""
+  del key  # deterministic
+  x = model_inputs(batch)
+  logits_BxTxV = forward(graphdef, params, batch["inputs"], x["positions"], x["mask"]).logits
+  nll_BxT = cross_entropy(logits_BxTxV, batch["targets"])
+  w_BxT = batch["weights"].astype(jnp.float32)
+  return weighted_mean(nll_BxT, w_BxT), LossAux(
+      nll_BxT=nll_BxT, weights_BxT=w_BxT,
+      metrics=token_scores(logits_BxTxV, batch["targets"], batch["weights"]))

@@ -8,8 +8,9 @@ Alur, Hays, Raghavan, Shah (arXiv 2509.24125), Sec. 2 (model) and the constructi
     Y_hat = h^L[read rows] W                        linear readout of n rows
 
 so layer l's width is D_l = (n + T)(1 + H)^l. The model is an ``nnx.Module`` (A and W are
-``nnx.Param``), so it trains through the one ``jaxtok.train.step.train_step`` with
-``vector_loss``; ``vector_forward`` is a pure function of (graphdef, params).
+``nnx.Param``, replicated) with a ``cfg`` (``VectorConfig``), so it trains through the training
+model seam (``jaxtok.train.loop.train(vector_factory(cfg), ..., loss_fn=vector_loss)``);
+``vector_forward`` is a pure function of (graphdef, params).
 
 Hand construction (two hops, checked exactly in tests): at the read row r_j of answer j,
 layer 1 queries with its position one-hot against key *content* restricted to the P block and
@@ -20,6 +21,8 @@ are visible and the error vanishes as e^{-beta}; under the plain causal mask the
 hidden exactly for the unrecoverable rows (jaxtok.permutation).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +35,7 @@ from jaxtyping import Array, Bool, Float, Int
 from jaxtok_kernels.common import MASKED as _MASKED
 
 from jaxtok.config import require
-from jaxtok.permutation import read_rows, seq_len
+from jaxtok.permutation.task import read_rows, seq_len
 from jaxtok.train.losses import LossAux
 
 
@@ -42,6 +45,22 @@ def widths(n: int, t: int, n_layers: int, n_heads: int) -> list[int]:
   for _ in range(n_layers):
     out.append(out[-1] * (1 + n_heads))
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorConfig:
+  """The vector model's shape (its ``cfg``: what a checkpoint's model is rebuilt from)."""
+  n: int
+  t: int
+  n_layers: int = 2
+  n_heads: int = 1
+  init_std: float = 0.0
+
+
+def vector_factory(cfg: VectorConfig):
+  """The training model seam (``jaxtok.train.loop.ModelFactory``) for ``cfg``."""
+  return lambda seed: VectorModel(cfg.n, cfg.t, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                                  init_std=cfg.init_std, seed=seed)
 
 
 class VectorModel(nnx.Module):
@@ -54,13 +73,17 @@ class VectorModel(nnx.Module):
     require(t >= n, "t", f">= n = {n} (rows of the input)", t)
     require(n_layers >= 1 and n_heads >= 1, "n_layers/n_heads", "positive integers",
             (n_layers, n_heads))
+    self.cfg = VectorConfig(n, t, n_layers, n_heads, init_std)
     self.n, self.t, self.n_layers, self.n_heads = n, t, n_layers, n_heads
     dims = widths(n, t, n_layers, n_heads)
     key = jax.random.key(seed)
     keys = jax.random.split(key, n_layers + 1)
-    self.A = nnx.List([nnx.Param(init_std * jax.random.normal(keys[i], (n_heads, d, d)))
+    # Replicated (no logical axis is sharded): the model is tiny.
+    self.A = nnx.List([nnx.Param(init_std * jax.random.normal(keys[i], (n_heads, d, d)),
+                                 logical_axes=(None, None, None))
                        for i, d in enumerate(dims[:-1])])
-    self.W = nnx.Param(init_std * jax.random.normal(keys[-1], (dims[-1], n)))
+    self.W = nnx.Param(init_std * jax.random.normal(keys[-1], (dims[-1], n)),
+                       logical_axes=(None, None))
 
   def __call__(self, x_BxTxN: Float[Array, "B T N"],
                mask_BxTxS: Bool[Array, "B T T"]) -> Float[Array, "B T D"]:
