@@ -13,23 +13,22 @@ from jaxtok.nn import forward as eager_forward
 
 CFG = ModelConfig(vocab_size=29, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48,
                   max_len=64)
-forward = jax.jit(eager_forward, static_argnums=0,
-                  static_argnames=("fresh_cache", "return_stats", "return_hidden"))
+extend = jax.jit(decode.extend, static_argnames=("return_stats", "fresh"))
 
 
 @pytest.fixture(scope="module")
 def model():
-  return nnx.split(init_model(CFG, seed=4), nnx.Param)
+  return decode.Model.from_module(init_model(CFG, seed=4))
 
 
 def _tokens(b, t, seed=0):
   return jax.random.randint(jax.random.key(seed), (b, t), 0, CFG.vocab_size)
 
 
-def _one_by_one(g, p, x_BxT, capacity=24):
+def _one_by_one(m, x_BxT, capacity=24):
   c = cache_lib.init_cache(CFG, x_BxT.shape[0], capacity)
   for i in range(x_BxT.shape[1]):
-    _, c = decode.decode_step(g, p, c, x_BxT[:, i])
+    _, c = decode.decode_step(m, c, x_BxT[:, i])
   return c
 
 
@@ -43,10 +42,10 @@ def assert_caches_equal(a, b, n_slots):
 
 
 def test_write_then_commit_equals_token_by_token(model):
-  g, p = model
+  m = model
   x = _tokens(2, 7)
-  ref = _one_by_one(g, p, x)
-  out = forward(g, p, x, default_positions(2, 7), cache=cache_lib.init_cache(CFG, 2, 24))
+  ref = _one_by_one(m, x)
+  out, _ = extend(m, cache_lib.init_cache(CFG, 2, 24), x, default_positions(2, 7))
   # Written but not committed: nothing is visible yet and the position counter has not moved.
   assert all(int(l.length.max()) == 0 for l in out.cache.layers)
   np.testing.assert_array_equal(out.cache.next_pos, [0, 0])
@@ -54,10 +53,10 @@ def test_write_then_commit_equals_token_by_token(model):
 
 
 def test_rollback_undoes_commit(model):
-  g, p = model
+  m = model
   x = _tokens(2, 7, seed=1)
-  full = _one_by_one(g, p, x)
-  assert_caches_equal(cache_lib.rollback(full, jnp.array([3, 3])), _one_by_one(g, p, x[:, :4]),
+  full = _one_by_one(m, x)
+  assert_caches_equal(cache_lib.rollback(full, jnp.array([3, 3])), _one_by_one(m, x[:, :4]),
                       4)
   # Per row: roll row 0 back by 2 only.
   rolled = cache_lib.rollback(full, jnp.array([2, 0]))
@@ -66,23 +65,23 @@ def test_rollback_undoes_commit(model):
 
 
 def test_keep_everything_gives_the_same_logits(model):
-  g, p = model
+  m = model
   x = _tokens(2, 9, seed=2)
-  c = _one_by_one(g, p, x[:, :8])
+  c = _one_by_one(m, x[:, :8])
   idx = jnp.broadcast_to(jnp.arange(8), (2, 2, 8))
   n = jnp.full((2, 2), 8)
   kept = cache_lib.keep(c, (idx,) * 2, (n,) * 2)
-  a, _ = decode.decode_step(g, p, c, x[:, 8])
-  b, _ = decode.decode_step(g, p, kept, x[:, 8])
+  a, _ = decode.decode_step(m, c, x[:, 8])
+  b, _ = decode.decode_step(m, kept, x[:, 8])
   np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_after_dropping_slots_the_next_token_keeps_its_true_position(model):
   """Evict slots 2 and 5 of 8 (different slots per head): the next token must be rotated at
   position 8 (its true position), and attend exactly as a model that masks those tokens out."""
-  g, p = model
+  m = model
   x = _tokens(1, 9, seed=3)
-  c = _one_by_one(g, p, x[:, :8])
+  c = _one_by_one(m, x[:, :8])
   keep0 = jnp.array([0, 1, 3, 4, 6, 7])  # kv head 0 drops 2 and 5
   keep1 = jnp.array([0, 1, 2, 3, 4, 5])  # kv head 1 drops 6 and 7
   idx = jnp.stack([keep0, keep1])[None]
@@ -91,7 +90,7 @@ def test_after_dropping_slots_the_next_token_keeps_its_true_position(model):
   np.testing.assert_array_equal(dropped.next_pos, [8])
   np.testing.assert_array_equal(dropped.layers[0].pos[0, 0, :6], keep0)
   np.testing.assert_array_equal(dropped.layers[0].pos[0, 1, :6], keep1)
-  got, after = decode.decode_step(g, p, dropped, x[:, 8])
+  got, after = decode.decode_step(m, dropped, x[:, 8])
   np.testing.assert_array_equal(after.layers[0].pos[0, :, 6], [8, 8])
   # Reference: the full cache, with the dropped slots made invisible per head through a
   # per-head length cannot express holes; so compare against attention recomputed by hand on
@@ -105,20 +104,43 @@ def test_after_dropping_slots_the_next_token_keeps_its_true_position(model):
     np.testing.assert_array_equal(v, dropped.layers[len(ref_layers)].v[:, :, :6])
     ref_layers.append(layer)
   # And the position is not the slot count: decoding at position 6 (the slot count) differs.
-  wrong = forward(g, p, x[:, 8:9], jnp.array([[6]]), cache=dropped).logits[:, 0]
+  wrong = extend(m, dropped, x[:, 8:9], jnp.array([[6]]))[0].logits[:, 0]
   assert float(jnp.max(jnp.abs(wrong - got))) > 1e-4
+
+
+def test_keep_into_a_smaller_capacity_equals_keep_then_resize(model):
+  """``capacity=`` gathers the kept slots straight into a smaller cache: the same slots as
+  compacting in place and cutting with ``resize``; ``resize`` grows with empty slots."""
+  m = model
+  c = _one_by_one(m, _tokens(2, 8, seed=7), capacity=12)
+  idx = jnp.broadcast_to(jnp.array([0, 3, 5, 7, 0, 0, 0, 0, 0, 0, 0, 0]), (2, 2, 12))
+  n = jnp.array([[4, 3], [2, 4]])
+  small = cache_lib.keep(c, (idx,) * 2, (n,) * 2, capacity=5)
+  ref = cache_lib.resize(cache_lib.keep(c, (idx,) * 2, (n,) * 2), 5)
+  assert small.capacity == 5
+  assert_caches_equal(small, ref, 4)
+  np.testing.assert_array_equal(small.layers[0].pos[0, 1, :4], [0, 3, 5, -1])
+  grown = cache_lib.resize(small, 9)
+  assert grown.capacity == 9 and np.all(np.asarray(grown.layers[1].pos[:, :, 5:]) == -1)
+  assert_caches_equal(grown, small, 5)
+  np.testing.assert_array_equal(cache_lib.resize_slots(jnp.ones((1, 1, 2)), 4, fill=-1.0),
+                                [[[1, 1, -1, -1]]])
+  with pytest.raises(ValueError, match="capacity"):
+    cache_lib.keep(c, (idx,) * 2, (n,) * 2, capacity=13)
+  with pytest.raises(ValueError, match="capacity"):
+    cache_lib.resize(c, 0)
 
 
 def test_statistics_equal_dense_softmax_column_sums(model):
   """Per kv head, slot s gets sum over queries t and the G heads of its group of softmax p."""
-  g, p = model
+  m = model
   x = _tokens(2, 10, seed=5)
-  c = _one_by_one(g, p, x[:, :6], capacity=16)
+  c = _one_by_one(m, x[:, :6], capacity=16)
   tree = masks.tree(jnp.array([[0, 0, 0, 1], [0, 0, 1, 2]]))
   pos = c.next_pos[:, None] + jnp.array([[0, 1, 1, 2], [0, 1, 2, 3]])
-  out = forward(g, p, x[:, 6:], pos, tree, cache=c, return_stats=True)
+  out, _ = extend(m, c, x[:, 6:], pos, tree, return_stats=True)
   # Dense reference for layer 0: recompute q, k from the layer's inputs through the model.
-  model_ = nnx.merge(g, p)
+  model_ = m.defn.merge(m.params)
   attn = model_.blocks[0].attn
   h = model_.blocks[0].attn_norm(jnp.take(model_.embed[...], x[:, 6:], axis=0))
   from jaxtok.nn.rope import apply_rope, rope_angles
@@ -153,8 +175,9 @@ def test_chunked_causal_attention_equals_dense(monkeypatch):
   np.testing.assert_allclose(chunked.stats[1].sum_BxKxS, dense.stats[1].sum_BxKxS, atol=1e-4)
   # Through a cache: fresh (block alone) and general (earlier chunks read back from the cache).
   c = cache_lib.init_cache(CFG, 2, 32)
+  m = decode.Model.from_module(init_model(CFG, seed=6))
   for fresh in (True, False):
-    out = eager_forward(g, p, x, default_positions(2, 23), cache=c, fresh_cache=fresh)
+    out, _ = decode.extend(m, c, x, default_positions(2, 23), fresh=fresh)
     np.testing.assert_allclose(out.logits, dense.logits, atol=1e-5)
 
 

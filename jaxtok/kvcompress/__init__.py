@@ -18,7 +18,7 @@ from __future__ import annotations
 from jaxtok.cache import resize
 from jaxtok.kvcompress.adakv import AdaKV
 from jaxtok.kvcompress.apply import (Result, apply_plans, budget_arrays, cache_bytes, compress,
-                                     compress_arrays)
+                                     compress_arrays, compress_tokens)
 from jaxtok.kvcompress.budget import Budget, from_ratio, pyramid, uniform
 from jaxtok.kvcompress.compactor import CompactState, KVCompactor, compactor
 from jaxtok.kvcompress.elastic_cache import ElasticCache
@@ -53,4 +53,5 @@ __all__ = ["AdaKV", "Budget", "CompactState", "EMS", "ElasticCache", "Full", "H2
            "KVCompactor", "LayerPlan", "Observation", "POLICIES", "Policy", "PyramidKV", "Random",
            "Result", "SentenceKV", "SnapKV", "StreamingLLM", "TOVA", "apply_plans",
            "budget_arrays", "cache_bytes", "compactor", "compress", "compress_arrays",
+           "compress_tokens",
            "from_ratio", "make", "observe", "pyramid", "resize", "top_plan", "uniform"]

@@ -25,7 +25,7 @@ from jaxtok_kernels.kvcompress import merge_slots
 from jaxtok import cache as cache_lib
 from jaxtok.cache import KVCache, LayerKV
 from jaxtok.config import require
-from jaxtok.kvcompress.budget import Budget
+from jaxtok.kvcompress.budget import Budget, uniform
 from jaxtok.kvcompress.observe import Observation
 from jaxtok.kvcompress.policy import LayerPlan, Policy
 
@@ -173,6 +173,22 @@ def compress_arrays(cache: KVCache, policy: Policy, budget_per_layer, obs: Obser
   after = sum(jnp.sum(l.length) for l in new.layers)
   return Result(cache=new, mass=masses, kept_fraction=after / jnp.maximum(before, 1),
                 extra=extras)
+
+
+_compress_jit = jax.jit(compress_arrays, static_argnums=1, static_argnames=("capacity",))
+
+
+def compress_tokens(cache: KVCache, policy: Policy, tokens: int, obs: Observation, *,
+                    capacity: int | None = None) -> tuple[Result, tuple[str, ...]]:
+  """``tokens`` per (layer, kv head), allocated by the policy on the host, applied by one jitted
+  ``compress_arrays`` per (policy, shapes) whatever the budget (it travels as data; the
+  observation's static ``prompt_len`` is zeroed, as only allocation reads it). Returns (the
+  Result, the budget's fallback notes); raises ConfigError if the policy cannot honour it."""
+  budget = policy.allocate(uniform(len(cache.layers), cache.layers[0].length.shape[1], tokens),
+                           obs)
+  res = _compress_jit(cache, policy, budget_arrays(budget, cache.batch),
+                      obs.replace(prompt_len=0), capacity=capacity)
+  return res, budget.fallback
 
 
 def cache_bytes(cache: KVCache) -> int:

@@ -72,3 +72,31 @@ def score(model: Model, tokens_BxT, prompt_len: int, *, policy: Policy, budget_t
   require(int(tokens_BxT.min()) >= 0 and int(tokens_BxT.max()) < vocab, "tokens_BxT",
           f"token ids in [0, {vocab})", (int(tokens_BxT.min()), int(tokens_BxT.max())))
   return float(_nll_sum(model, tokens_BxT, prompt_len=prompt_len, compactor=comp)) / (b * n)
+
+
+# ---- reading a compressed cache (kvpress's protocols) -----------------------------------------
+
+@jax.jit
+def ask(model: Model, cache, question_BxQ):
+  """The question after a (compressed) context, kvpress's query-agnostic protocol: a prefill
+  that continues the cache. Returns (last logits [B, V], cache)."""
+  b, q = question_BxQ.shape
+  return decode.prefill(model, cache, question_BxQ, jnp.full((b,), q, jnp.int32), fresh=False)
+
+
+@functools.partial(jax.jit, static_argnames=("n",))
+def continue_greedy(model: Model, cache, logits_BxV, *, n: int):
+  """``n`` greedy tokens [B, n] after a prefilled (compressed) cache and its last logits."""
+  state = decode.initial_state(cache, logits_BxV, jax.random.key(0), max_new_tokens=n)
+  return decode.decode_loop(model, state, sampling=Sampling(), eos_id=None).tokens_BxN
+
+
+@jax.jit
+def continuation_nll(model: Model, cache, logits_BxV, rest_BxH):
+  """Mean NLL of the H tokens ``rest`` after a (compressed) cache: the first from ``logits``,
+  the others teacher-forced in one block (the cache is read, not compressed further)."""
+  h = rest_BxH.shape[1]
+  pos = cache.next_pos[:, None] + jnp.arange(h - 1)[None]
+  out, _ = decode.extend(model, cache, rest_BxH[:, :-1], pos)
+  logp = jax.nn.log_softmax(jnp.concatenate([logits_BxV[:, None], out.logits], axis=1), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, rest_BxH[..., None], axis=-1))

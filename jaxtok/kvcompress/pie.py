@@ -7,17 +7,21 @@ only the edited tokens. Values and deeper layers' context effects stay approxima
 keys are exact. StreamingLLM's in-cache position re-assignment is the same rotation.
 
 ``rerotate`` is the rotation (rotate-half layout, as jaxtok.nn.rope); ``delete`` and
-``insert`` edit a cached sequence in place of re-encoding it.
+``insert`` edit a cached sequence in place of re-encoding it; ``deletion_continuations``
+compares the greedy continuations after a deletion (PIE, a naive splice, full recomputation).
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jaxtok import cache as cache_lib
-from jaxtok.cache import KVCache
+from jaxtok.cache import KVCache, init_cache
 from jaxtok.config import require
-from jaxtok.decode import Model, extend
+from jaxtok.decode import Model, extend, prefill
+from jaxtok.kvcompress.decoding import continue_greedy
 
 
 def rerotate(k_BxKxSxDh: Float[Array, "B K S Dh"], old_pos_BxKxS: Int[Array, "B K S"],
@@ -89,3 +93,29 @@ def insert(model: Model, cache: KVCache, start: int, tokens_BxM, theta: float) -
   layers = tuple(cache_lib.write_block(l, k, v, pos_BxM) for l, (k, v) in zip(moved.layers, kv))
   out = cache_lib.commit(moved.replace(layers=layers), jnp.full((b,), m, jnp.int32))
   return out.replace(next_pos=moved.next_pos)
+
+
+@jax.jit
+def _prefill(model: Model, cache: KVCache, tokens_BxT, len_B):
+  return prefill(model, cache, tokens_BxT, len_B)
+
+
+def deletion_continuations(model: Model, ids_T, start: int, n: int, *, n_new: int
+                           ) -> dict[str, np.ndarray]:
+  """Greedy continuations (``n_new`` tokens) of ``ids`` with tokens [start, start + n) deleted:
+  "full" re-encodes the edited sequence, "pie" deletes from the cache of the original
+  (``delete``), "splice" drops the slots with stale rotations (``splice``)."""
+  ids_T = np.asarray(ids_T, np.int32)
+  t = len(ids_T)
+  require(0 <= start and n > 0 and start + n < t, "start/n", f"a span inside the {t} tokens",
+          (start, n))
+  cache = init_cache(model.cfg, 1, t + n_new + 1)
+  padded = np.zeros((1, t), np.int32)
+  padded[0, :t - n] = np.concatenate([ids_T[:start], ids_T[start + n:]])
+  logits, full = _prefill(model, cache, jnp.asarray(padded), jnp.array([t - n], jnp.int32))
+  out = {"full": continue_greedy(model, full, logits, n=n_new)}
+  logits, orig = _prefill(model, cache, jnp.asarray(ids_T[None]), jnp.array([t], jnp.int32))
+  out["pie"] = continue_greedy(model, delete(orig, start, n, model.cfg.rope_theta), logits,
+                               n=n_new)
+  out["splice"] = continue_greedy(model, splice(orig, start, n), logits, n=n_new)
+  return {k: np.asarray(v)[0] for k, v in out.items()}

@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 from jaxtok_experiments import kvcompress as exp
+from jaxtok_experiments import kvpress_side
 
 
 def test_smoke_experiment_writes_claims_and_tables(tmp_path):
@@ -35,10 +36,10 @@ def test_kvpress_side_by_side_table_and_claims():
   """Only the policies kvpress has are compared; the claims can fail (no torch needed: the
   kvpress numbers here are synthetic)."""
   cfg, pk, ppl = _side_summaries(kv_acc=4 / 6)
-  text = exp.side_by_side(cfg, pk, ppl)
+  text = kvpress_side.side_by_side(cfg, pk, ppl)
   assert "| snapkv | 0.1 | 0.00 | 0.00 | 0.83 | 0.67 | 0.25 | +0.140 | +0.150 |" in text
   assert "ems" not in text
-  got = {c.id: c.passed for c in exp.kvpress_claims(cfg, pk, ppl)}
+  got = {c.id: c.passed for c in kvpress_side.claims(cfg, pk, ppl)}
   assert got == {"passkey-matches-kvpress": True, "dppl-matches-kvpress": True}
   cfg, pk, ppl = _side_summaries(kv_acc=2 / 6)  # two trials apart: a real disagreement
-  assert not {c.id: c.passed for c in exp.kvpress_claims(cfg, pk, ppl)}["passkey-matches-kvpress"]
+  assert not {c.id: c.passed for c in kvpress_side.claims(cfg, pk, ppl)}["passkey-matches-kvpress"]

@@ -51,9 +51,8 @@ def ours(golden):
   m = load("smollm2-135m", max_len=512)
   ids = jnp.asarray(golden["ids"])[None]
   t = ids.shape[1]
-  fn = jax.jit(lambda p, x: kc.observe(m.graphdef, p, init_cache(m.cfg, 1, t), x,
-                                       int(golden["window"])))
-  _, cache, obs = fn(m.params, ids)
+  fn = jax.jit(lambda m, x: kc.observe(m, init_cache(m.cfg, 1, t), x, int(golden["window"])))
+  _, cache, obs = fn(m, ids)
   return m.cfg, cache, obs
 
 

@@ -5,14 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxtok import cache as cache_lib
+from jaxtok import decode
 from jaxtok import kvcompress as kc
 from jaxtok.cache import init_cache
 from jaxtok.config import ConfigError
 from jaxtok.kvcompress import apply as apply_lib
-from jaxtok.kvcompress.base import LayerPlan, Observation
+from jaxtok.kvcompress import LayerPlan, Observation
 from jaxtok.nn import masks
 from jaxtok.nn.attention import AttnStats
 from jaxtok.nn.config import ModelConfig
@@ -25,7 +25,7 @@ T, W, CAP = 24, 4, 40
 
 @functools.lru_cache(maxsize=None)
 def model():
-  return nnx.split(init_model(CFG, seed=3), nnx.Param)
+  return decode.Model.from_module(init_model(CFG, seed=3))
 
 
 def tokens(b=2, t=T, seed=0):
@@ -34,20 +34,18 @@ def tokens(b=2, t=T, seed=0):
 
 @functools.lru_cache(maxsize=None)
 def prefilled():
-  graphdef, params = model()
-  fn = jax.jit(kc.observe, static_argnums=(0, 4))
-  return fn(graphdef, params, init_cache(CFG, 2, CAP), tokens(), W)
+  fn = jax.jit(kc.observe, static_argnums=3)
+  return fn(model(), init_cache(CFG, 2, CAP), tokens(), W)
 
 
 def next_logits(cache, tok_BxN):
-  graphdef, params = model()
-  return _next_logits(graphdef, params, cache, tok_BxN)
+  return _next_logits(model(), cache, tok_BxN)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _next_logits(graphdef, params, cache, tok_BxN):
+@jax.jit
+def _next_logits(m, cache, tok_BxN):
   pos = cache.next_pos[:, None] + jnp.arange(tok_BxN.shape[1])[None]
-  return forward(graphdef, params, tok_BxN, pos, cache=cache).logits
+  return decode.extend(m, cache, tok_BxN, pos)[0].logits
 
 
 ALL = [kc.Full(), kc.Random(), kc.StreamingLLM(), kc.H2O(), kc.TOVA(), kc.SnapKV(),
@@ -92,7 +90,7 @@ def test_after_dropping_slots_next_token_has_its_true_position():
   """StreamingLLM keeps the same slots in every layer and head, so decoding the next token on
   the compressed cache equals the full sequence's forward with the dropped keys masked out of
   the last query's row - which holds only if the new token is rotated at its true position."""
-  graphdef, params = model()
+  m = model()
   _, cache, obs = prefilled()
   sinks, b = 2, 9
   res = kc.compress(cache, kc.StreamingLLM(sinks=sinks), kc.uniform(2, 2, b), obs)
@@ -103,10 +101,10 @@ def test_after_dropping_slots_next_token_has_its_true_position():
   full = jnp.concatenate([tokens(), nxt], axis=1)
   mask = np.tril(np.ones((T + 1, T + 1), bool))
   mask[T, sinks:T - (b - sinks)] = False
-  ref = forward(graphdef, params, full, jnp.broadcast_to(jnp.arange(T + 1), (2, T + 1)),
+  ref = forward(m.graphdef, m.params, full, jnp.broadcast_to(jnp.arange(T + 1), (2, T + 1)),
                 jnp.broadcast_to(jnp.asarray(mask), (2, T + 1, T + 1))).logits[:, T]
   np.testing.assert_allclose(got, ref, atol=1e-5)
-  out = forward(graphdef, params, nxt, res.cache.next_pos[:, None], cache=res.cache)
+  out, _ = decode.extend(m, res.cache, nxt, res.cache.next_pos[:, None])
   assert np.all(np.asarray(out.cache.layers[0].pos[:, :, b]) == T)
 
 

@@ -7,13 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxtok import kvcompress as kc
 from jaxtok import cache as cache_lib
 from jaxtok.cache import init_cache
 from jaxtok.config import ConfigError
-from jaxtok.decode import decode_step
+from jaxtok.decode import Model, decode_step
 from jaxtok.kvcompress import sentencekv
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.transformer import forward, init_model
@@ -33,51 +32,54 @@ def _prompt():
 
 @pytest.fixture(scope="module", name="model")
 def _model():
-  return nnx.split(init_model(CFG, seed=3), nnx.Param)
+  return Model.from_module(init_model(CFG, seed=3))
 
 
 def test_kernel_path_equals_reference_path_equals_compressed_cache(model):
-  g, p = model
+  m = model
   prompt = _prompt()
 
   def run(impl):
-    graphdef = nnx.graphdef(init_model(dataclasses.replace(CFG, attention_impl=impl), seed=3))
-    return sentencekv.generate(graphdef, p, prompt, policy=POLICY, budget_tokens=BUDGET,
-                               max_new_tokens=NEW, window=WINDOW)
-  tok_x, info_x = run("xla")
-  tok_k, info_k = run("pallas")
-  np.testing.assert_array_equal(tok_k, tok_x)
-  np.testing.assert_allclose(info_k["logits"], info_x["logits"], atol=1e-5)
+    mi = Model.from_module(init_model(dataclasses.replace(CFG, attention_impl=impl), seed=3))
+    return sentencekv.decode_selected(mi, prompt, policy=POLICY, budget_tokens=BUDGET,
+                                      max_new_tokens=NEW, window=WINDOW)[0]
+  state_x, state_k = run("xla"), run("pallas")
+  tok_x = state_x.tokens_BxN
+  np.testing.assert_array_equal(state_k.tokens_BxN, tok_x)
+  np.testing.assert_allclose(state_k.logits_BxV, state_x.logits_BxV, atol=1e-5)
+  gen = sentencekv.generate(m, prompt, policy=POLICY, budget_tokens=BUDGET, max_new_tokens=NEW,
+                            window=WINDOW)
+  np.testing.assert_array_equal(gen.tokens_BxN, tok_x)
   # Each (layer, row, head) attends exactly BUDGET prompt slots, whole sentences mostly.
-  assert info_x["selected_fraction"] == pytest.approx(BUDGET / T)
-  for layer in info_x["cache"].layers:
+  assert float(gen.stats["selected_fraction"]) == pytest.approx(BUDGET / T)
+  for layer in state_x.cache.layers:
     assert isinstance(layer, cache_lib.SelectedLayerKV)
     np.testing.assert_array_equal(layer.selected[:, :, :T].sum(-1), BUDGET)
     np.testing.assert_array_equal(layer.selected[:, :, T:T + NEW], True)  # generated tokens
 
   # The same slots kept by compression, then plain greedy decoding: the same computation.
-  logits, cache, obs = jax.jit(lambda p, x: kc.observe(g, p, init_cache(CFG, 2, T + NEW), x,
-                                                      WINDOW))(p, prompt)
+  logits, cache, obs = jax.jit(lambda m, x: kc.observe(m, init_cache(CFG, 2, T + NEW), x,
+                                                      WINDOW))(m, prompt)
   small = kc.compress(cache, POLICY, kc.uniform(CFG.n_layers, CFG.kv_heads, BUDGET), obs).cache
-  step = jax.jit(lambda p, c, tok: decode_step(g, p, c, tok))
+  step = jax.jit(decode_step)
   for i in range(NEW):
     tok = jnp.argmax(logits, -1).astype(jnp.int32)
     np.testing.assert_array_equal(tok, tok_x[:, i])
-    logits, small = step(p, small, tok)
-  np.testing.assert_allclose(logits, info_x["logits"], atol=1e-5)
+    logits, small = step(m, small, tok)
+  np.testing.assert_allclose(logits, state_x.logits_BxV, atol=1e-5)
   # Selecting every slot is plain attention over the full cache; the budget's selection is not.
   everything = cache_lib.select(cache, tuple(jnp.ones_like(l.pos, bool) for l in cache.layers))
-  all_logits, _ = step(p, everything, tok_x[:, 0])
-  plain_logits, _ = step(p, cache, tok_x[:, 0])
+  all_logits, _ = step(m, everything, tok_x[:, 0])
+  plain_logits, _ = step(m, cache, tok_x[:, 0])
   np.testing.assert_allclose(all_logits, plain_logits, atol=1e-5)
   small = kc.compress(cache, POLICY, kc.uniform(CFG.n_layers, CFG.kv_heads, BUDGET), obs).cache
-  assert not np.allclose(step(p, small, tok_x[:, 0])[0], plain_logits, atol=1e-3)
+  assert not np.allclose(step(m, small, tok_x[:, 0])[0], plain_logits, atol=1e-3)
 
 
 def test_selection_misuse_raises(model):
-  g, p = model
+  m = model
   with pytest.raises(ConfigError, match="budget_tokens"):
-    sentencekv.generate(g, p, _prompt(), policy=POLICY, budget_tokens=T + 1, max_new_tokens=2)
+    sentencekv.generate(m, _prompt(), policy=POLICY, budget_tokens=T + 1, max_new_tokens=2)
   cache = init_cache(CFG, 2, 8)
   with pytest.raises(ValueError, match="one selection per layer"):
     cache_lib.select(cache, tuple(jnp.ones((2, CFG.kv_heads, 8), bool)
@@ -88,5 +90,5 @@ def test_selection_misuse_raises(model):
   selected = cache_lib.select(cache, tuple(jnp.ones((2, CFG.kv_heads, 8), bool)
                                            for _ in range(CFG.n_layers)))
   with pytest.raises(NotImplementedError, match="statistics"):
-    forward(g, p, jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32), cache=selected,
+    forward(m.graphdef, m.params, jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32), cache=selected,
             return_stats=True)
