@@ -2,7 +2,7 @@
 
 Token Recycling (Luo et al., arXiv 2408.08696), SuffixDecoding (Oliaro et al., arXiv
 2411.04975) and prompt lookup against plain greedy decoding (``jaxtok.decode.generate``) in the
-same run, on three seeded workloads (``jaxtok.speculative.workloads``: stdlib code continuation,
+same run, on three seeded workloads (``jaxtok.data.workloads``: stdlib code continuation,
 a repetitive SQL-agent workload, short chat). Per drafter x workload: MAT (tokens per verify
 step), acceptance rate, tokens/s, speed-up over greedy, and whether the output equals greedy
 token for token. Ablations: tree size N for Token Recycling (code), hot vs cold start, suffix
@@ -24,15 +24,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxtok import decode
+from jaxtok import speculative as sp
 from jaxtok.config import require
-from jaxtok.nn import ModelConfig, init_model
-from jaxtok.speculative import PromptLookup, TokenRecycling, generate, loop, workloads
-from jaxtok.speculative.lookup import HostPromptLookup
-from jaxtok.speculative.suffix import SuffixDecoding
-from jaxtok_experiments.bench_speculative import add_hf, hf_run, hf_summary
+from jaxtok.data import workloads
+from jaxtok.models import registry
+from jaxtok.speculative import (HostDrafter, HostPromptLookup, PromptLookup, SuffixDecoding,
+                                TokenRecycling, host_loop)
+from jaxtok_experiments.bench_speculative import add_hf, hf_claims, hf_run, hf_summary
 from jaxtok_experiments.runner import Claim
 
 TR_PAPER, SD_PAPER = "arXiv 2408.08696", "arXiv 2411.04975"
@@ -40,7 +40,7 @@ TR_PAPER, SD_PAPER = "arXiv 2408.08696", "arXiv 2411.04975"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
-  model: str = "smollm2-135m"  # "tiny": a random byte-level model (smoke)
+  model: str = "smollm2-135m"  # "random-tiny": a random byte-level model (smoke)
   n_code: int = 2
   n_agentic: int = 4
   n_chat: int = 1
@@ -78,8 +78,8 @@ class Config:
 
 
 def smoke() -> Config:
-  return Config(model="tiny", n_code=1, n_agentic=2, n_chat=1, new_tokens=12, tr_nodes=4,
-                tr_k=4, pld_nodes=4, suffix_nodes=4, suffix_alphas=(1.0,))
+  return Config(model=registry.RANDOM_TINY, n_code=1, n_agentic=2, n_chat=1, new_tokens=12,
+                tr_nodes=4, tr_k=4, pld_nodes=4, suffix_nodes=4, suffix_alphas=(1.0,))
 
 
 def cpu() -> Config:
@@ -96,16 +96,14 @@ def pod() -> Config:
 PRESETS = {"smoke": smoke, "cpu": cpu, "pod": pod}
 
 
-def load_model(name: str):
-  """(graphdef, params, tokenizer, eos_id); "tiny" is a random byte-level model."""
-  if name == "tiny":
-    cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128,
-                      max_len=1024, init_std=0.2)  # semi-repetitive: drafts get accepted
-    g, p = nnx.split(init_model(cfg, seed=0), nnx.Param)
-    return g, p, None, None
+def load_model(name: str) -> tuple[decode.Model, int | None]:
+  """(the Model, its EOS id). "random-tiny" with weights of std 0.2: its greedy text is
+  semi-repetitive, so drafts get accepted."""
+  if name == registry.RANDOM_TINY:
+    return registry.random_tiny(init_std=0.2), None
   from jaxtok.models import load
   m = load(name)
-  return m.graphdef, m.params, m.tokenizer, m.tokenizer.eos_id if m.tokenizer else None
+  return m, m.tokenizer.eos_id if m.tokenizer else None
 
 
 def build_requests(cfg: Config, tokenizer) -> dict[str, list[list[int]]]:
@@ -117,10 +115,10 @@ def build_requests(cfg: Config, tokenizer) -> dict[str, list[list[int]]]:
 class Bench:
   """Greedy and speculative runs at batch 1 over padded prompts of one static length."""
 
-  def __init__(self, graphdef, params, reqs, new_tokens, eos_id, max_nodes):
-    self.g, self.p, self.new, self.eos = graphdef, params, new_tokens, eos_id
+  def __init__(self, model, reqs, new_tokens, eos_id, max_nodes):
+    self.model, self.new, self.eos = model, new_tokens, eos_id
     self.t = -(-max(len(r) for rs in reqs.values() for r in rs) // 32) * 32
-    self.capacity = loop.min_capacity(self.t, new_tokens, max_nodes)
+    self.capacity = sp.min_capacity(self.t, new_tokens, max_nodes)
     self.greedy_out: dict[tuple[int, ...], list[int]] = {}  # prompt -> our greedy output
 
   def prompt(self, ids):
@@ -132,24 +130,23 @@ class Bench:
     """(tokens, wall seconds, process CPU seconds)."""
     x, n = self.prompt(ids)
     c0, t0 = time.process_time(), time.perf_counter()
-    out, n_out = decode.generate(self.g, self.p, x, n, max_new_tokens=self.new,
-                                 capacity=self.capacity, eos_id=self.eos)
-    jax.block_until_ready(out)
+    gen = decode.generate(self.model, x, n, max_new_tokens=self.new, capacity=self.capacity,
+                          eos_id=self.eos)
+    jax.block_until_ready(gen.tokens_BxN)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    k = int(n_out[0])
-    self.greedy_out[tuple(ids)] = list(map(int, np.asarray(out)[0, :k]))
+    self.greedy_out[tuple(ids)] = gen.rows()[0]
     return self.greedy_out[tuple(ids)], wall, cpu
 
   def spec(self, ids, drafter, state=None):
     x, n = self.prompt(ids)
-    return generate(self.g, self.p, x, n, drafter=drafter, max_new_tokens=self.new,
-                    capacity=self.capacity, eos_id=self.eos, drafter_state=state)
+    return sp.generate(self.model, x, n, drafter=drafter, max_new_tokens=self.new,
+                       capacity=self.capacity, eos_id=self.eos, drafter_state=state)
 
   def warm(self, ids, drafter):
-    if getattr(drafter, "host", False):
+    if isinstance(drafter, HostDrafter):
       x, n = self.prompt(ids)
-      loop.warm_host(self.g, self.p, drafter, x, n, max_new_tokens=self.new,
-                     capacity=self.capacity, eos_id=self.eos)
+      host_loop.warm_host(self.model, drafter, x, n, max_new_tokens=self.new,
+                          capacity=self.capacity, eos_id=self.eos)
     else:
       self.spec(ids, drafter)
 
@@ -162,9 +159,8 @@ def run_drafter(bench: Bench, name: str, make, reqs: list[list[int]], *, hot: bo
   speculative run (the machine's load drifts; adjacent runs see the same load)."""
   drafter = make()
   state = None
-  tot = dict(steps=0, accepted=0, drafted=0, tokens=0, wall=0.0, draft=0.0, verify=0.0, cpu=0.0)
-  lossless = True
-  g_tokens = g_wall = g_cpu = 0
+  gens, lossless = [], True
+  g_tokens = g_wall = g_cpu = cpu = 0.0
   for ids in reqs:
     # best of `repeats` interleaved (greedy, speculative) pairs: a shared CPU's load spikes
     # only ever slow a run down. Each repeat starts from the same drafter state (a host
@@ -175,40 +171,32 @@ def run_drafter(bench: Bench, name: str, make, reqs: list[list[int]], *, hot: bo
       ref, g_s, g_c = bench.greedy(ids)
       if best_g is None or g_s < best_g[0]:
         best_g = (g_s, g_c)
-      d = copy.deepcopy(base) if getattr(base, "host", False) and repeats > 1 else base
+      d = copy.deepcopy(base) if isinstance(base, HostDrafter) and repeats > 1 else base
       c0 = time.process_time()
       r1 = bench.spec(ids, d, state)
       c1 = time.process_time() - c0
-      if best_r is None or r1.wall_s < best_r[0].wall_s:
+      if best_r is None or r1.stats["wall_s"] < best_r[0].stats["wall_s"]:
         best_r = (r1, c1)
       drafter = d
     (g_s, g_c), (r, c) = best_g, best_r
-    g_tokens += len(ref)
-    g_wall += g_s
-    g_cpu += g_c
-    tot["cpu"] += c
+    g_tokens, g_wall, g_cpu, cpu = g_tokens + len(ref), g_wall + g_s, g_cpu + g_c, cpu + c
     if hot:
-      state = r.drafter_state
-    out = list(map(int, r.tokens_BxM[0, :int(r.n_B[0])]))
-    lossless &= out == ref
-    tot["steps"] += r.steps
-    tot["accepted"] += r.accepted
-    tot["drafted"] += r.drafted
-    tot["tokens"] += len(out)
-    tot["wall"] += r.wall_s
-    tot["draft"] += r.draft_s or 0.0
-    tot["verify"] += r.verify_s or 0.0
-  tps = tot["tokens"] / tot["wall"]
-  return {"drafter": name, "tree_nodes": drafter.n_nodes,
-          "mat": (tot["accepted"] + tot["steps"]) / max(tot["steps"], 1),
-          "acceptance_rate": tot["accepted"] / max(tot["drafted"], 1),
+      state = r.stats["drafter_state"]
+    lossless &= r.rows()[0] == ref
+    gens.append(r)
+  tokens = sum(int(np.sum(g.n_B)) for g in gens)
+  steps = max(sum(int(np.sum(g.stats["steps_B"])) for g in gens), 1)
+  wall = sum(g.stats["wall_s"] for g in gens)
+  draft, verify = (sum(g.stats.get(k, 0.0) for g in gens) for k in ("draft_s", "verify_s"))
+  tps = tokens / wall
+  return {"drafter": name, "tree_nodes": drafter.n_nodes, "mat": sp.mat(gens),
+          "acceptance_rate": sp.acceptance_rate(gens),
           "tokens_per_s": tps, "greedy_tokens_per_s": g_tokens / g_wall,
           "speedup_vs_greedy": tps / (g_tokens / g_wall), "lossless": bool(lossless),
           # the same ratio in process CPU seconds: less sensitive to other jobs on the machine
-          "cpu_time_speedup": (tot["tokens"] / tot["cpu"]) / (g_tokens / g_cpu),
-          "draft_ms_per_step": 1e3 * tot["draft"] / max(tot["steps"], 1) if tot["draft"] else None,
-          "verify_ms_per_step": (1e3 * tot["verify"] / max(tot["steps"], 1) if tot["verify"]
-                                 else None)}
+          "cpu_time_speedup": (tokens / cpu) / (g_tokens / g_cpu),
+          "draft_ms_per_step": 1e3 * draft / steps if draft else None,
+          "verify_ms_per_step": 1e3 * verify / steps if verify else None}
 
 
 def drafter_table(cfg: Config) -> list[tuple[str, object, bool, tuple[str, ...]]]:
@@ -241,10 +229,10 @@ def drafter_table(cfg: Config) -> list[tuple[str, object, bool, tuple[str, ...]]
 
 
 def measure(cfg: Config, log=print) -> tuple[list[dict], dict]:
-  g, p, tok, eos = load_model(cfg.model)
-  reqs = build_requests(cfg, tok)
+  model, eos = load_model(cfg.model)
+  reqs = build_requests(cfg, model.tokenizer)
   table = drafter_table(cfg)
-  bench = Bench(g, p, reqs, cfg.new_tokens, eos,
+  bench = Bench(model, reqs, cfg.new_tokens, eos,
                 max(make().n_nodes for _, make, _, _ in table))
   first = next(iter(reqs.values()))[0]
   t0 = time.perf_counter()
@@ -369,7 +357,7 @@ def run(cfg: Config, out_dir, resume: bool = False) -> list[Claim]:
   sd_ag, tr_ag = _get(rows, sd, "agentic", "mat"), _get(rows, tr_hot, "agentic", "mat")
   sd_ag_x = _get(rows, sd, "agentic", "speedup_vs_greedy")
   pld_ag_x = _get(rows, pld, "agentic", "speedup_vs_greedy")
-  hf_claims = _hf_claims([r for r in rows if r["drafter"] in (tr_hot, pld, sd)], hf)
+  vs_hf = hf_claims([r for r in rows if r["drafter"] in (tr_hot, pld, sd)], hf)
   return [
       Claim("lossless-greedy", TR_PAPER, "every drafter's output equals plain greedy token for "
             "token on every request", "lossless", lossless, "all outputs equal", lossless),
@@ -393,41 +381,6 @@ def run(cfg: Config, out_dir, resume: bool = False) -> list[Claim]:
             "on the agentic workload", "suffix > PLD", {"suffix": sd_ag_x, "pld": pld_ag_x},
             "suffix speed-up > PLD's",
             sd_ag_x is not None and pld_ag_x is not None and sd_ag_x > pld_ag_x),
-      *hf_claims,
+      *vs_hf,
   ]
 
-
-def _hf_claims(rows: list[dict], hf: dict) -> list[Claim]:
-  """Against HF transformers' prompt lookup on the same prompts, per workload, the best of the
-  main drafters ``rows`` (TR, PLD, suffix at the preset's settings; not the ablations, whose
-  extra noisy draws would bias a maximum): (1) the highest speed-up over our greedy above HF
-  PLD's over HF greedy (the algorithms, each on its own framework's decode speed); (2) the
-  highest tokens/s above HF PLD's (the implementations). Not measured (no torch: CI) counts
-  as not passed, with the reason."""
-  ref = "HF transformers prompt_lookup_num_tokens"
-  if "workloads" not in hf:
-    why = {"skipped": hf.get("skipped", "no transformers numbers")}
-    return [Claim("speedup-above-hf-pld", ref, "our fastest drafter's speed-up over greedy is "
-                  "above HF prompt lookup's over HF greedy on every workload", None, why,
-                  "not measured", False),
-            Claim("tokens-per-s-above-hf-pld", ref, "our fastest drafter's tokens/s is above "
-                  "HF prompt lookup's on every workload", None, why, "not measured", False)]
-  ws = sorted(w for w in hf["workloads"] if any(r["workload"] == w for r in rows))
-  fast = {w: max((r for r in rows if r["workload"] == w), key=lambda r: r["speedup_vs_greedy"])
-          for w in ws}
-  best = {w: max((r for r in rows if r["workload"] == w), key=lambda r: r["tokens_per_s"])
-          for w in ws}
-  ratio = {w: {"drafter": b["drafter"], "ours": b["speedup_vs_greedy"],
-               "hf_pld": hf["workloads"][w]["pld_speedup"]} for w, b in fast.items()}
-  tps = {w: {"drafter": b["drafter"], "ours": b["tokens_per_s"],
-             "hf_pld": hf["workloads"][w]["pld_tokens_per_s"],
-             "ratio": b["speedup_vs_hf_pld"]} for w, b in best.items()}
-  return [
-      Claim("speedup-above-hf-pld", ref, "our fastest drafter's speed-up over greedy is above "
-            "HF prompt lookup's over HF greedy on every workload (issue 9 aim)",
-            {w: v["hf_pld"] for w, v in ratio.items()}, ratio, "ours > HF PLD's, each workload",
-            all(v["ours"] > v["hf_pld"] for v in ratio.values())),
-      Claim("tokens-per-s-above-hf-pld", ref, "our fastest drafter's tokens/s is above HF "
-            "prompt lookup's on every workload", {w: v["hf_pld"] for w, v in tps.items()}, tps,
-            "ours > HF PLD tok/s, each workload", all(v["ratio"] > 1 for v in tps.values())),
-  ]

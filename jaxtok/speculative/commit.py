@@ -10,7 +10,8 @@ step: rollback costs nothing (kv_and_tree.md §B.0 "KV commit"; TR and Medusa ga
 same way).
 
 Every row writes N slots (a static shape); slots past its path length get copies of the last
-path node and stay uncommitted. Rows that are finished commit 0 tokens.
+path node and stay uncommitted. The loop commits only the emitted tokens (none for a finished
+row), so the cache always holds a row's prompt and emitted tokens but the last.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from jaxtok.speculative.verify import Accept
 
 
 def commit_path(cache: KVCache, kv: tuple[tuple[Float[Array, "B N K Dh"], ...], ...],
-                accept: Accept, *, active_B=None) -> KVCache:
+                accept: Accept, *, n_keep_B=None) -> KVCache:
   """The cache with the accepted path's K/V in consecutive slots, committed.
 
   ``cache``: the verify forward's ``out.cache`` (lengths and next_pos still the pre-verify
-  ones); ``kv``: its ``out.kv``; ``active_B``: rows that keep their tokens (default all).
+  ones); ``kv``: its ``out.kv``; ``n_keep_B``: path tokens to commit per row (default the
+  whole path, n_acc + 1; fewer where the output was cut, 0 for a finished row).
   """
   path_BxN = accept.path_BxN
   n = path_BxN.shape[1]
@@ -38,8 +40,6 @@ def commit_path(cache: KVCache, kv: tuple[tuple[Float[Array, "B N K Dh"], ...], 
     k_path = jnp.take_along_axis(k_BxNxKxDh, idx, axis=1)
     v_path = jnp.take_along_axis(v_BxNxKxDh, idx, axis=1)
     layers.append(cache_lib.write_block(layer, k_path, v_path, pos_BxN, start_BxK=layer.length))
-  n_keep_B = accept.n_acc_B + 1
-  if active_B is not None:
-    n_keep_B = jnp.where(active_B, n_keep_B, 0)
+  n_keep_B = accept.n_acc_B + 1 if n_keep_B is None else n_keep_B
   return cache_lib.commit(cache.replace(layers=tuple(layers)), n_keep_B)
 

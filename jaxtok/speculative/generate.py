@@ -101,9 +101,9 @@ def tokens_per_s(gen: Generation) -> float:
 
 def make_drafter(name: str, n_nodes: int | None = None):
   """A fresh drafter: ``tr`` Token Recycling (default 4 nodes: the fastest of N = 4, 8, 16
-  for SmolLM2 on a 2-core CPU, where an 8-node verify costs 2-3 decode steps and MAT barely grows
-  with N), ``suffix`` SuffixDecoding (16 nodes, verify buckets 1 / 2 / 4 / 16), ``pld`` prompt lookup
-  (8)."""
+  for SmolLM2 on a 2-core CPU, where an 8-node verify costs 2-3 decode steps and MAT barely
+  grows with N), ``suffix`` SuffixDecoding (16 nodes, verify buckets 1 / 2 / 4 / 16), ``pld``
+  prompt lookup (8)."""
   if name == "tr":
     return TokenRecycling(n_nodes=n_nodes or 4)
   if name == "suffix":

@@ -128,7 +128,8 @@ def step(model: Model, drafter, state: SpecState, tree: DraftTree, *, sampling: 
   done_B = state.done_B | (n_B >= max_new_tokens)
   if eos_id is not None:
     done_B |= jnp.any((emitted_BxN == eos_id) & (d_BxN < n_emit_B[:, None]), -1)
-  cache = commit_path(written, out.kv, acc, active_B=active_B)
+  # the root and the emitted drafts: a cut output commits only what it emitted
+  cache = commit_path(written, out.kv, acc, n_keep_B=n_emit_B)
   a = active_B.astype(jnp.int32)
   drafted_B = jnp.sum(tree.valid_BxN, -1).astype(jnp.int32) - 1
   return SpecState(

@@ -2,8 +2,9 @@
 
 ``verify`` runs the N tree nodes through the model (``jaxtok.decode.extend``) at positions
 ``next_pos + depth`` under the ancestor mask (the tree-attention kernel: each node attends to
-the committed cache slots plus its ancestors-or-self). The forward writes the nodes' K/V, uncommitted, at slots
-``length .. length + N``; ``jaxtok.speculative.commit`` keeps the accepted path.
+the committed cache slots plus its ancestors-or-self). The forward writes the nodes' K/V,
+uncommitted, at slots ``length .. length + N``; ``jaxtok.speculative.commit`` keeps the
+accepted path.
 
 Acceptance (kv_and_tree.md §B.0), both returning an ``Accept``:
 

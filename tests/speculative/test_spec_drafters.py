@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxtok.speculative import (PromptLookup, TokenRecycling, ancestor_mask, make_drafter,
-                                make_tree, template)
+from jaxtok.speculative import (DeviceDrafter, HostDrafter, PromptLookup, TokenRecycling,
+                                ancestor_mask, check_drafter, make_drafter, make_tree, template)
 from jaxtok.speculative.lookup import HostPromptLookup
 from jaxtok.speculative.loop import Context
 from jaxtok.speculative.recycling import update, update_sequential
@@ -143,14 +143,22 @@ def test_drafters_by_name():
 
 
 def test_speculate_for_the_cli_equals_greedy():
-  from flax import nnx
-
   from jaxtok import decode
   from jaxtok.nn import ModelConfig, init_model
   from jaxtok.speculative import speculate
   cfg = ModelConfig(vocab_size=31, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=64,
                     init_std=0.3)
-  g, p = nnx.split(init_model(cfg, seed=0), nnx.Param)
-  ids, r = speculate(g, p, [1, 2, 3, 1, 2], "pld", max_new_tokens=10, warmup=False)
-  ref, _ = decode.generate(g, p, jnp.array([[1, 2, 3, 1, 2]]), max_new_tokens=10)
-  assert ids == list(np.asarray(ref[0])) and r.steps >= 1
+  model = decode.Model.from_module(init_model(cfg, seed=0))
+  ids, r = speculate(model, [1, 2, 3, 1, 2], "pld", max_new_tokens=10, warmup=False)
+  ref = decode.generate(model, jnp.array([[1, 2, 3, 1, 2]]), max_new_tokens=10)
+  assert ids == ref.rows()[0] and int(r.stats["steps_B"].sum()) >= 1
+
+
+def test_drafters_implement_one_protocol():
+  for d, proto in ((TokenRecycling(4), DeviceDrafter), (PromptLookup(4), DeviceDrafter),
+                   (SuffixDecoding(4), HostDrafter), (HostPromptLookup(4), HostDrafter)):
+    assert isinstance(d, proto)
+    assert not isinstance(d, HostDrafter if proto is DeviceDrafter else DeviceDrafter)
+  check_drafter(TokenRecycling(4))
+  with pytest.raises(TypeError, match="drafter: expected.*DeviceDrafter.*HostDrafter"):
+    check_drafter(object())

@@ -49,7 +49,7 @@ def test_hf_columns_and_claims():
   lines = exp.table_lines(rows, hf)
   assert "vs HF PLD" in lines[0] and "2.50x" in lines[2] and "- | - |" in lines[4]
   assert any(ln.startswith("| code | 10.0 | 12.0 | 1.20x | 2/2 |") for ln in lines)
-  speed, tps = exp._hf_claims(rows, hf)
+  speed, tps = bench_speculative.hf_claims(rows, hf)
   assert speed.passed and speed.ours["code"]["drafter"] == "a" and tps.passed
   rows[0]["speedup_vs_greedy"] = 1.19  # below HF PLD's 1.2x: must fail
-  assert not exp._hf_claims(rows, hf)[0].passed
+  assert not bench_speculative.hf_claims(rows, hf)[0].passed
