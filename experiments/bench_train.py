@@ -91,8 +91,8 @@ class JaxTrainer:
     from jaxtok.train import loop
     from jaxtok.train.losses import next_token_loss
 
-    self.s = loop.setup(cfg.model, cfg.train, cfg.mesh)
-    self.state = loop.init_state(self.s, cfg.model, cfg.train.seed)
+    self.s = loop.setup(loop.transformer_factory(cfg.model), cfg.train, cfg.mesh)
+    self.state = loop.init_state(self.s, cfg.train.seed)
     self.batch = loop.to_global(batch, self.s.batch_sharding)
     self.weights = flat_params(self.state.params)
     loss, _ = jax.jit(lambda p, b: next_token_loss(self.s.graphdef, p, b, None))(

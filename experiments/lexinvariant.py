@@ -27,16 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtok import lexinvariant as lex
-from jaxtok import lexinvariant_tasks as tasks
 from jaxtok.config import require, to_dict
 from jaxtok.data import stdlib
 from jaxtok.data.pipeline import fixed_batches
 from jaxtok.data.sources import MarkovChainSource, TokenWindows
 from jaxtok.nn.config import ModelConfig
-from jaxtok.nn.transformer import default_positions, forward
 from jaxtok.sharding import MeshConfig
 from jaxtok.train.config import TrainConfig
-from jaxtok.train.loop import train
+from jaxtok.train.loop import train, transformer_factory
 from jaxtok_experiments import plots
 from jaxtok_experiments.runner import Claim
 
@@ -79,7 +77,7 @@ class LookupConfig:
     require(2 * self.n_pairs <= self.n_heldout, "lookup.n_heldout",
             f">= 2 n_pairs = {2 * self.n_pairs} (a held-out test draws all its symbols there)",
             self.n_heldout)
-    tasks.symbol_split(self.vocab_size, self.n_heldout)  # raises on a bad split
+    lex.symbol_split(self.vocab_size, self.n_heldout)  # raises on a bad split
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -157,10 +155,8 @@ PRESETS = {"smoke": smoke, "cpu": cpu, "pod": pod}
 
 # --------------------------------------------------------------------------- training
 def _model_cfg(cfg: Config, vocab: int, seq_len: int, lexinvariant: bool) -> ModelConfig:
-  kw = dict(vocab_size=vocab, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-            d_ff=cfg.d_ff, max_len=seq_len)
-  return ModelConfig(**kw, embedding="external", tie_embeddings=False) if lexinvariant else \
-      ModelConfig(**kw)
+  return lex.model_config(vocab, seq_len, lexinvariant=lexinvariant, d_model=cfg.d_model,
+                          n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_ff=cfg.d_ff)
 
 
 def _train_model(cfg: Config, name: str, mcfg: ModelConfig, p: float | None, *, steps: int,
@@ -171,12 +167,12 @@ def _train_model(cfg: Config, name: str, mcfg: ModelConfig, p: float | None, *, 
   tcfg = TrainConfig(steps=steps, lr=lr, warmup_steps=min(warmup, steps),
                      eval_every=max(steps // 4, 1), log_every=10, progress=cfg.progress)
   kw = {} if p is None else {"loss_fn": lex.lexinvariant_loss(mcfg, scale=cfg.table_scale, p=p)}
-  run = train(mcfg, tcfg, cfg.mesh, train_source=lex.Indexed(train_source), val_batches=val,
+  run = train(transformer_factory(mcfg), tcfg, cfg.mesh, train_source=lex.Indexed(train_source),
+              val_batches=val,
               batch_size=batch_size, out_dir=out_dir / name, resume=resume,
               config_dict={"experiment": to_dict(cfg), "model": name},
               example_fn=lex.to_indexed_lm_example, **kw)
-  return {"model_cfg": mcfg, "p": p, "params": run["state"].params,
-          "graphdef": run["setup"].graphdef, "history": run["history"],
+  return {"model": run["model"], "p": p, "history": run["history"],
           "loss_per_position": np.asarray(run["final"]["loss_per_position"]),
           "loss": run["final"]["loss"]}
 
@@ -208,31 +204,6 @@ def _windows(t: int) -> tuple[slice, slice]:
 
 
 # --------------------------------------------------------------------------- probe
-def probe_features(graphdef, params, tokens_BxT, key, lexinvariant: bool, vocab: int,
-                   d: int, scale: float) -> np.ndarray:
-  """Frozen features [B, T, F]: every layer's attention values (a linear map of that layer's
-  normalised residual stream) and the final hidden state."""
-  b, t = tokens_BxT.shape
-  emb = None
-  if lexinvariant:
-    tables = lex.sequence_tables(lex.sequence_keys(key, jnp.arange(b)), vocab, d, scale=scale)
-    emb = lex.embed(tables, tokens_BxT)
-  out = forward(graphdef, params, tokens_BxT, default_positions(b, t), embeddings_BxTxD=emb,
-                return_hidden=True)
-  feats = [v.reshape(b, t, -1) for _, v in out.kv] + [out.hidden]
-  return np.asarray(jnp.concatenate(feats, -1), np.float64)
-
-
-def ridge_probe(x_train_NxF, y_train_N, x_test_MxF, n_classes: int, ridge: float) -> np.ndarray:
-  """Closed-form ridge regression onto one-hot labels (standardised features, a bias); returns
-  the predicted class of each test row."""
-  mu, sd = x_train_NxF.mean(0), x_train_NxF.std(0) + 1e-6
-  f = lambda x: np.concatenate([(x - mu) / sd, np.ones((len(x), 1))], 1)
-  a, y = f(x_train_NxF), np.eye(n_classes)[y_train_N]
-  w = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(a.shape[1]), a.T @ y)
-  return np.argmax(f(x_test_MxF) @ w, 1)
-
-
 def _decipher(cfg: Config, pair: dict, chain: MarkovChainSource) -> dict:
   n_tr, n_te = cfg.probe_train_seqs, cfg.probe_test_seqs
   src = MarkovChainSource(cfg.markov_vocab, cfg.markov.seq_len, seed=3, chain_seed=cfg.chain_seed,
@@ -240,46 +211,22 @@ def _decipher(cfg: Config, pair: dict, chain: MarkovChainSource) -> dict:
   x_NxT1 = np.stack([src[i]["tokens"] for i in range(n_tr + n_te)])
   y_NxT1, _ = lex.substitution_cipher(jax.random.PRNGKey(4), jnp.asarray(x_NxT1),
                                       cfg.markov_vocab)
-  y_NxT = y_NxT1[:, :-1]
-  x_NxT = x_NxT1[:, :-1]
-  t = x_NxT.shape[1]
-  out = {}
-  for name in ("lexinvariant", "standard"):
-    m = pair[name]
-    feats = probe_features(m["graphdef"], m["params"], y_NxT, jax.random.PRNGKey(5),
-                           name == "lexinvariant", cfg.markov_vocab, cfg.d_model,
-                           cfg.table_scale)
-    pred = ridge_probe(feats[:n_tr].reshape(n_tr * t, -1), x_NxT[:n_tr].reshape(-1),
-                       feats[n_tr:].reshape(n_te * t, -1), cfg.markov_vocab, cfg.probe_ridge)
-    out[name] = (pred.reshape(n_te, t) == x_NxT[n_tr:]).mean(0)
+  out = {name: lex.probe_accuracy(pair[name]["model"], y_NxT1[:, :-1], x_NxT1[:, :-1], n_tr,
+                                  jax.random.PRNGKey(5), lexinvariant=name == "lexinvariant",
+                                  scale=cfg.table_scale, ridge=cfg.probe_ridge)
+         for name in ("lexinvariant", "standard")}
   _, post = lex.bayes_lexinvariant_markov(chain.transition_VxV, np.full(cfg.markov_vocab,
                                             1 / cfg.markov_vocab), y_NxT1[n_tr:])
-  out["bayes_map"] = np.asarray(lex.map_accuracy(post, x_NxT[n_tr:]))
+  out["bayes_map"] = np.asarray(lex.map_accuracy(post, x_NxT1[n_tr:, :-1]))
   return out
 
 
 # --------------------------------------------------------------------------- lookup (d), (e)
-def _logits_fn(cfg: Config, m: dict, p: float | None):
-  """Jitted batch -> logits of a trained model (tables drawn from the key, as in its loss)."""
-  gd, params, mcfg = m["graphdef"], m["params"], m["model_cfg"]
-  if p is None:
-    return jax.jit(lambda b, key: forward(gd, params, b["inputs"],
-                                          default_positions(*b["inputs"].shape)).logits)
-  return jax.jit(lambda b, key: lex.sequence_logits(mcfg, gd, params, b, key,
-                                                    scale=cfg.table_scale, p=p)[0])
-
-
-def _accuracy(logits_fn, batches) -> float:
-  hits = [tasks.answer_accuracy(logits_fn(b, jax.random.PRNGKey(1000 + i)), b["targets"],
-                                b["weights"]) for i, b in enumerate(batches)]
-  return float(np.mean(hits))  # equal batches, equal answers per batch
-
-
 def _lookup(cfg: Config, out_dir: Path, resume: bool) -> dict:
   """(d) + (e): three LMs on one pool; answer accuracy on it and on the held-out pool."""
   lk = cfg.lookup
-  seen, unseen = tasks.symbol_split(lk.vocab_size, lk.n_heldout)
-  src = lambda pool, seed: tasks.KeyValueLookupSource(pool, lk.n_pairs, lk.n_queries, seed=seed)
+  seen, unseen = lex.symbol_split(lk.vocab_size, lk.n_heldout)
+  src = lambda pool, seed: lex.KeyValueLookupSource(pool, lk.n_pairs, lk.n_queries, seed=seed)
   n_batches = max(lk.test_seqs // lk.batch_size, 1)
   fixed = lambda s_: fixed_batches(lex.Indexed(s_), lk.batch_size, n_batches,
                                    example_fn=lex.to_indexed_lm_example)
@@ -293,8 +240,8 @@ def _lookup(cfg: Config, out_dir: Path, resume: bool) -> dict:
                      out_dir=out_dir, resume=resume)
     evals = {name: p} if p is None or p == 1.0 else {name: p, f"{name}_learned_rows": 0.0}
     for label, p_eval in evals.items():  # semi-lex also scored on its learned rows alone
-      fn = _logits_fn(cfg, m, p_eval)
-      out["models"][label] = {pool: _accuracy(fn, b) for pool, b in tests.items()}
+      out["models"][label] = {pool: lex.lookup_accuracy(m["model"], b, scale=cfg.table_scale,
+                                                        p=p_eval) for pool, b in tests.items()}
   out["answers_per_pool"] = n_batches * lk.batch_size * lk.n_queries
   return out
 

@@ -22,7 +22,7 @@ from jaxtok.nn.config import ModelConfig
 from jaxtok.sharding import MeshConfig
 from jaxtok.train.config import TrainConfig
 from jaxtok.tokenize import corpus_bpe
-from jaxtok.train.loop import train
+from jaxtok.train.loop import train, transformer_factory
 from jaxtok_experiments import plots
 from jaxtok_experiments.runner import Claim
 
@@ -103,7 +103,8 @@ def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
   check_token_range(val_tokens, vocab, "validation corpus")
   val_batches = fixed_batches(TokenWindows(val_tokens, cfg.data.seq_len), cfg.data.batch_size,
                               cfg.data.val_batches)
-  out = train(cfg.model, cfg.train, cfg.mesh, train_source=TokenWindows(train_tokens,
+  out = train(transformer_factory(cfg.model), cfg.train, cfg.mesh,
+              train_source=TokenWindows(train_tokens,
               cfg.data.seq_len), val_batches=val_batches, batch_size=cfg.data.batch_size,
               out_dir=out_dir, config_dict=to_dict(cfg), resume=resume)
 

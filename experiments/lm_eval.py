@@ -95,8 +95,7 @@ def run(cfg: LMEvalConfig, out_dir: Path, resume: bool = False) -> list[Claim]:
   rows = {}
   for name, texts in _texts(cfg).items():
     t0 = time.time()
-    score = evaluate.score_texts(model.graphdef, model.params, model.tokenizer, texts,
-                                 window=cfg.window, batch=cfg.batch)
+    score = evaluate.score_texts(model, texts, window=cfg.window, batch=cfg.batch)
     rows[name] = {"bits_per_byte": score.bits_per_byte, "token_perplexity":
                   score.token_perplexity, "bytes_per_token": score.bytes_per_token,
                   "n_tokens": score.n_tokens, "n_bytes": score.n_bytes,

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 from pathlib import Path
@@ -25,16 +24,15 @@ from jaxtok import markov
 from jaxtok.config import require, to_dict
 from jaxtok.data.pipeline import fixed_batches
 from jaxtok.data.sources import TokenWindows
+from jaxtok.decode import Model
+from jaxtok.markov import (block_vocabulary, bpe_train, lzw_train, per_char_cross_entropy,
+                           unigram_fit)
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.transformer import default_positions, forward
 from jaxtok.sharding import MeshConfig
-from jaxtok.tokenize.lzw import lzw_train
-from jaxtok.tokenize.symbol_bpe import bpe_train
-from jaxtok.tokenize.unigram import per_char_cross_entropy, unigram_fit
-from jaxtok.tokenize.vocab_encode import block_vocabulary
 from jaxtok.train.config import TrainConfig
 from jaxtok.train.losses import next_token_loss
-from jaxtok.train.loop import train
+from jaxtok.train.loop import train, transformer_factory
 from jaxtok_experiments.runner import Claim
 
 PAPER = "arXiv 2404.08335"
@@ -168,11 +166,11 @@ def dictionary_sweep(c: SweepConfig) -> dict:
 
 # ------------------------------------------------------------------------------- (b) learning
 
-@functools.partial(jax.jit, static_argnums=0)
-def _kl_to_unigram(graphdef, params, inputs_BxT, logq_V):
+@jax.jit
+def _kl_to_unigram(model: Model, inputs_BxT, logq_V):
   """Mean over positions of KL(model next-token distribution || unigram q)."""
   b, t = inputs_BxT.shape
-  logits_BxTxV = forward(graphdef, params, inputs_BxT, default_positions(b, t)).logits
+  logits_BxTxV = forward(model.graphdef, model.params, inputs_BxT, default_positions(b, t)).logits
   logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), -1)
   return jnp.mean(jnp.sum(jnp.exp(logp_BxTxV) * (logp_BxTxV - logq_V), -1))
 
@@ -183,13 +181,14 @@ def _train_one(cfg: Config, name: str, tokens: np.ndarray, val_tokens: np.ndarra
                                                                        seq_len))
   lc = cfg.learn
   val = fixed_batches(TokenWindows(val_tokens, seq_len), lc.batch_size, lc.val_batches)
-  out = train(model, cfg.train, cfg.mesh, train_source=TokenWindows(tokens, seq_len),
+  out = train(transformer_factory(model), cfg.train, cfg.mesh,
+              train_source=TokenWindows(tokens, seq_len),
               val_batches=val, batch_size=lc.batch_size, out_dir=out_dir / name,
               config_dict={**to_dict(cfg), "run": name}, resume=resume,
               loss_fn=next_token_loss)  # the one train step, standard next-token loss
   logq = unigram_fit(tokens, vocab)
-  kl = float(np.mean([_kl_to_unigram(out["setup"].graphdef, out["state"].params,
-                                     jnp.asarray(b["inputs"]), jnp.asarray(logq, jnp.float32))
+  kl = float(np.mean([_kl_to_unigram(out["model"], jnp.asarray(b["inputs"]),
+                                     jnp.asarray(logq, jnp.float32))
                       for b in val]))
   return {"out": out, "val": val, "kl_to_unigram": kl, "logq": logq}
 

@@ -1,7 +1,7 @@
 """Experiment ``nar``: neighboring autoregressive modeling vs raster AR (He et al., arXiv
 2503.10696), same backbone, same batches, the one train step.
 
-1. A synthetic 8 x 8 causal field (``jaxtok.nar.CausalField``) with exact likelihood: NLL per
+1. A synthetic 8 x 8 causal field (``jaxtok.data.fields.CausalField``) with exact likelihood: NLL per
    token of NAR and raster AR against the true entropy; the Table 5 analogue (mixed logits vs one
    head where neighbours overlap); the true log-likelihood of NAR samples; and the negative
    control (a same-diagonal dependency), where NAR must lose to raster AR, compared with the
@@ -28,12 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtok import nar, nar_decode
-from jaxtok.config import require
-from jaxtok.nn import forward, init_model
+from jaxtok import nar
+from jaxtok.config import require, to_dict
+from jaxtok.data.digits import digits
+from jaxtok.data.fields import CausalField, FieldSource, GridArrays
+from jaxtok.data.pipeline import fixed_batches
+from jaxtok.decode import Model
+from jaxtok.nn import init_model
+from jaxtok.sharding import MeshConfig
 from jaxtok.train.config import TrainConfig
-from jaxtok.train.loop import split_params
-from jaxtok.train.step import TrainState, make_optimizer, train_step
+from jaxtok.train.loop import train, transformer_factory
 from jaxtok_experiments import plots
 from jaxtok_experiments.runner import Claim
 
@@ -94,130 +98,59 @@ def pod() -> Config:
 PRESETS = {"smoke": smoke, "cpu": cpu, "pod": pod}
 
 
-def digits(levels: int, size: int, seed: int):
-  """(train grids, train labels, test grids, test labels): sklearn digits quantised to
-  ``levels`` grey levels, 8 x 8 or bilinear-upsampled 16 x 16; a seeded 85/15 split."""
-  from scipy.ndimage import zoom
-  from sklearn.datasets import load_digits
-  data = load_digits()
-  img_Mx8x8 = data.images.astype(np.float64)  # values 0..16
-  if size == 16:
-    img_Mx8x8 = np.stack([np.clip(zoom(im, 2, order=1), 0, 16) for im in img_Mx8x8])
-  q = np.minimum(np.floor(img_Mx8x8 * levels / 17.0), levels - 1).astype(np.int32)
-  perm = np.random.default_rng([seed, 8]).permutation(len(q))
-  n_test = len(q) // 7
-  flat = q.reshape(len(q), -1)
-  return (flat[perm[n_test:]], data.target[perm[n_test:]], flat[perm[:n_test]],
-          data.target[perm[:n_test]])
-
-
 def _model_cfg(cfg: Config, shape, vocab):
   return nar.grid_model_config(shape, vocab, d_model=cfg.d_model, n_layers=cfg.n_layers,
                                n_heads=cfg.n_heads, d_ff=cfg.d_ff)
 
 
-@functools.lru_cache(maxsize=None)
-def _step_fn(cfg: Config, order, vocab, grid_vocab, null_cond, steps):
-  """(optimizer, the jitted one train step with the order's loss), compiled once per setting
-  (the field and its control share it)."""
+def _train(cfg: Config, order, vocab, grid_vocab, source, val_source, steps, out_dir, name,
+           resume, null_cond=None):
+  """Trains one model through the one train loop (checkpoints, resume) with the order's loss;
+  returns the trained ``Model``, its loss history and training seconds."""
   tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, steps // 2),
-                     seed=cfg.seed)
-  graphdef = split_params(init_model(_model_cfg(cfg, order.shape, vocab), cfg.seed))[0]
-  tx = make_optimizer(tcfg)
-  loss_fn = nar.grid_loss_fn(order, grid_vocab, cond_dropout=cfg.cond_dropout if null_cond
-                             is not None else 0.0, null_cond=null_cond)
-  return tx, jax.jit(functools.partial(train_step, graphdef, tx, loss_fn), donate_argnums=0)
+                     seed=cfg.seed, log_every=max(steps // 50, 1), eval_every=steps,
+                     progress=False)
+  loss_fn = nar.grid_loss_fn(order, grid_vocab, cond_dropout=cfg.cond_dropout
+                             if null_cond is not None else 0.0, null_cond=null_cond)
+  val = fixed_batches(val_source, cfg.batch_size, 1, example_fn=nar.to_grid_example)
+  t0 = time.perf_counter()
+  out = train(transformer_factory(_model_cfg(cfg, order.shape, vocab)), tcfg, MeshConfig(),
+              train_source=source, val_batches=val, batch_size=cfg.batch_size,
+              out_dir=out_dir / name, config_dict={"experiment": to_dict(cfg), "run": name},
+              resume=resume, loss_fn=loss_fn, example_fn=nar.to_grid_example)
+  history = [{"step": h["step"], "loss": h["loss"]} for h in out["history"]]
+  return {"model": out["model"], "history": history, "seconds": time.perf_counter() - t0}
 
 
-def _train(cfg: Config, order, vocab, grid_vocab, grids_MxN, cond_MxC, steps, out_dir, name,
-           null_cond=None):
-  """Trains one model through the one train step (``jaxtok.train.step.train_step``) with the
-  order's loss; batch t draws rows from a generator seeded by (seed, t)."""
-  graphdef, params = split_params(init_model(_model_cfg(cfg, order.shape, vocab), cfg.seed))
-  tx, step_fn = _step_fn(cfg, order, vocab, grid_vocab, null_cond, steps)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     key=jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1))
-  history, pending, t0 = [], [], time.perf_counter()
-  log_every = max(steps // 50, 1)
-  for t in range(steps):
-    idx = np.random.default_rng([cfg.seed, 3, t]).integers(0, len(grids_MxN), cfg.batch_size)
-    batch = {"inputs": np.concatenate([cond_MxC[idx], grids_MxN[idx]], 1).astype(np.int32),
-             "targets": grids_MxN[idx].astype(np.int32),
-             "weights": np.ones((cfg.batch_size, order.n_tokens), np.float32)}
-    state, metrics = step_fn(state, batch)
-    if (t + 1) % log_every == 0 or t + 1 == steps:
-      pending.append((t + 1, metrics["loss"]))
-  history = [{"step": t, "loss": float(l)} for t, l in pending]
-  seconds = time.perf_counter() - t0
-  if not all(math.isfinite(h["loss"]) for h in history):
-    raise FloatingPointError(f"{name}: non-finite training loss; lower lr")
-  (out_dir / f"{name}.metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-  return {"graphdef": graphdef, "params": state.params, "history": history, "seconds": seconds}
-
-
-@functools.lru_cache(maxsize=None)
-def _nll_fn(gd, order, grid_vocab, heads):
-  """Jitted summed NLL of one batch under each mixing in ``heads`` (None: mixed; a: head a
-  alone where neighbours overlap), from one forward."""
-  w_list = [jnp.asarray(nar.mix_weights(order.valid_NxH, order.src_NxH, order.n_cond, h))
-            for h in heads]
-
-  @jax.jit
-  def batch_nll(params, tok_BxL):
-    b, l = tok_BxL.shape
-    o = forward(gd, params, tok_BxL, jnp.broadcast_to(jnp.asarray(order.pos_LxP),
-                                                       (b, l, order.n_axes)),
-                nar.order_mask(order, b))
-    hl = nar.head_logits(o, order)
-    res = []
-    for w in w_list:
-      logits = sum(jnp.take(hl[h][..., :grid_vocab], jnp.asarray(order.src_NxH[:, h]), axis=1)
-                   * w[None, :, h, None] for h in order.heads_used)
-      logp = jax.nn.log_softmax(logits, -1)
-      res.append(-jnp.take_along_axis(logp, tok_BxL[:, order.n_cond:, None], -1).sum())
-    return jnp.stack(res)
-  return batch_nll
-
-
-def _nll(out, order, tokens_MxL, grid_vocab, bs, heads=(None,)):
-  """Mean teacher-forced NLL per token (nats) of held-out sequences for each mixing."""
-  batch_nll = _nll_fn(out["graphdef"], order, grid_vocab, tuple(heads))
-  total, m = np.zeros(len(heads)), len(tokens_MxL) - len(tokens_MxL) % bs  # whole batches
-  for i in range(0, m, bs):
-    total += np.asarray(batch_nll(out["params"], jnp.asarray(tokens_MxL[i:i + bs])))
-  return (total / (m * order.n_tokens)).tolist()
-
-
-def _sample(cfg, out, order, cond_MxC, grid_vocab, key, guided, null_cond=None):
-  gd, params = out["graphdef"], out["params"]
+def _sample(cfg, model, order, cond_MxC, grid_vocab, key, guided, null_cond=None):
   grids = []
   for i in range(0, len(cond_MxC), cfg.batch_size):
     key, sub = jax.random.split(key)
-    grids.append(np.asarray(nar_decode.generate_grid(
-        gd, params, order, jnp.asarray(cond_MxC[i:i + cfg.batch_size]), sub,
+    grids.append(np.asarray(nar.generate_grid(
+        model, order, jnp.asarray(cond_MxC[i:i + cfg.batch_size]), sub,
         grid_vocab=grid_vocab, temperature=cfg.temperature,
         cfg_scale=cfg.cfg_scale if guided else None, null_cond=null_cond)))
   return np.concatenate(grids)
 
 
 def speed_table(cfg: Config, sizes, batches, trained: dict | None = None) -> list[dict]:
-  """Generation wall time (minimum of interleaved repeats, compile excluded) and forward passes per grid,
-  NAR vs raster AR, the same backbone; ``trained[(size, kind)] = (graphdef, params)`` or fresh
+  """Generation wall time (minimum of interleaved repeats, compile excluded) and forward passes
+  per grid, NAR vs raster AR, the same backbone; ``trained[(size, kind)]`` a trained ``Model`` or fresh
   weights (wall time does not depend on them)."""
   rows = []
   levels, n_cls = cfg.digit_levels, 10
   vocab = levels + n_cls + 1
   for size in sizes:
     shape = (size, size)
-    fresh = split_params(init_model(_model_cfg(cfg, shape, vocab), cfg.seed))
+    fresh = Model.from_module(init_model(_model_cfg(cfg, shape, vocab), cfg.seed))
     for b in batches:
       cond = jnp.asarray((levels + np.arange(b) % n_cls)[:, None], jnp.int32)
       runs = {}
       for kind, make in (("nar", nar.nar_order), ("raster", nar.raster_order)):
         order = make(shape, 1)
-        gd, params = (trained or {}).get((size, kind), fresh)
+        model = (trained or {}).get((size, kind), fresh)
         runs[kind] = (order, functools.partial(
-            nar_decode.generate_grid, gd, params, order, cond, grid_vocab=levels,
+            nar.generate_grid, model, order, cond, grid_vocab=levels,
             temperature=cfg.temperature, cfg_scale=cfg.cfg_scale, null_cond=levels + n_cls))
         runs[kind][1](jax.random.key(0)).block_until_ready()  # compile
       times = {kind: [] for kind in runs}
@@ -229,7 +162,7 @@ def speed_table(cfg: Config, sizes, batches, trained: dict | None = None) -> lis
       for kind, (order, _) in runs.items():
         sec = float(np.min(times[kind]))
         rows.append({"size": size, "batch": b, "order": kind,
-                     "forward_passes": nar_decode.forward_passes(order), "seconds": sec,
+                     "forward_passes": nar.forward_passes(order), "seconds": sec,
                      "grids_per_s": b / sec})
   for r in rows:
     ar = next(x for x in rows if (x["size"], x["batch"], x["order"]) ==
@@ -263,30 +196,28 @@ def _sample_png(grids_MxN, labels_M, size, levels, path: Path, title: str):
   plt.close(fig)
 
 
-def _field_part(cfg: Config, out_dir: Path, summary: dict) -> list[Claim]:
+def _field_part(cfg: Config, out_dir: Path, summary: dict, resume: bool) -> list[Claim]:
   shape, v = (cfg.field_n, cfg.field_n), cfg.field_vocab
   n = cfg.field_n * cfg.field_n
   claims, res = [], {}
   for control in (False, True):
-    field = nar.CausalField(cfg.field_n, v, cfg.seed, alpha=cfg.field_alpha,
-                            same_diagonal=control)
+    field = CausalField(cfg.field_n, v, cfg.seed, alpha=cfg.field_alpha, same_diagonal=control)
     tag = "control" if control else "field"
-    train_x = field.sample(np.random.default_rng([cfg.seed, 1]), cfg.field_steps * cfg.batch_size)
     val_x = field.sample(np.random.default_rng([cfg.seed, 2]), cfg.eval_grids)
-    bos = np.full((len(train_x), 1), v)
-    tokens_val = np.concatenate([bos[:len(val_x)], val_x], 1)
+    bos = np.full((len(val_x), 1), v)
+    tokens_val = np.concatenate([bos, val_x], 1)
     r = {"entropy": float(-field.log_prob(val_x).mean() / n),
          "nar_bound": float(-field.nar_log_prob(val_x).mean() / n)}
     for kind, make in (("nar", nar.nar_order), ("raster", nar.raster_order)):
       order = make(shape, 1)
-      out = _train(cfg, order, v + 1, v, train_x, bos, cfg.field_steps, out_dir,
-                   f"{tag}-{kind}")
+      out = _train(cfg, order, v + 1, v, FieldSource(field, cfg.seed + 1, cond_id=v),
+                   GridArrays(val_x, bos), cfg.field_steps, out_dir, f"{tag}-{kind}", resume)
       heads = (None, 0, 1) if kind == "nar" else (None,)
-      nlls = _nll(out, order, tokens_val, v, cfg.batch_size, heads)
+      nlls = nar.grid_nll(out["model"], order, tokens_val, v, cfg.batch_size, heads)
       r[kind] = nlls[0]
       r[f"{kind}_train_s"] = out["seconds"]
       if not control:
-        samples = _sample(cfg, out, order, bos[:cfg.eval_grids], v, jax.random.key(cfg.seed),
+        samples = _sample(cfg, out["model"], order, bos, v, jax.random.key(cfg.seed),
                           guided=False)
         r[f"{kind}_samples_true_nll"] = float(-field.log_prob(samples).mean() / n)
       if kind == "nar" and not control:
@@ -322,7 +253,7 @@ def _field_part(cfg: Config, out_dir: Path, summary: dict) -> list[Claim]:
   return claims
 
 
-def _digits_part(cfg: Config, out_dir: Path, summary: dict) -> tuple:
+def _digits_part(cfg: Config, out_dir: Path, summary: dict, resume: bool) -> tuple:
   from sklearn.linear_model import LogisticRegression
   levels, n_cls = cfg.digit_levels, 10
   vocab, null = levels + n_cls + 1, levels + n_cls
@@ -336,17 +267,17 @@ def _digits_part(cfg: Config, out_dir: Path, summary: dict) -> tuple:
     labels = np.arange(cfg.sample_batches * cfg.batch_size) % n_cls
     for kind, make in (("nar", nar.nar_order), ("raster", nar.raster_order)):
       order = make((size, size), 1)
-      out = _train(cfg, order, vocab, levels, tr_x, tr_c, cfg.digit_steps, out_dir,
-                   f"digits{size}-{kind}", null_cond=null)
-      r[kind] = _nll(out, order, tokens_te, levels, cfg.batch_size)[0]
+      out = _train(cfg, order, vocab, levels, GridArrays(tr_x, tr_c), GridArrays(te_x, te_c),
+                   cfg.digit_steps, out_dir, f"digits{size}-{kind}", resume, null_cond=null)
+      r[kind] = nar.grid_nll(out["model"], order, tokens_te, levels, cfg.batch_size)[0]
       r[f"{kind}_train_s"] = out["seconds"]
-      samples = _sample(cfg, out, order, (levels + labels)[:, None], levels,
+      samples = _sample(cfg, out["model"], order, (levels + labels)[:, None], levels,
                         jax.random.key(cfg.seed + 1), guided=True, null_cond=null)
       r[f"{kind}_sample_acc"] = float(clf.score(samples, labels))
       _sample_png(samples, labels, size, levels, out_dir / f"digits{size}_{kind}_samples.png",
-                  f"{kind} {size}x{size}, CFG {cfg.cfg_scale}, {nar_decode.forward_passes(order)}"
+                  f"{kind} {size}x{size}, CFG {cfg.cfg_scale}, {nar.forward_passes(order)}"
                   f" forward passes")
-      trained[(size, kind)] = (out["graphdef"], out["params"])
+      trained[(size, kind)] = out["model"]
     res[f"{size}x{size}"] = r
     se = math.sqrt(0.25 / len(labels))  # the largest standard error of an accuracy
     claims += [
@@ -366,18 +297,17 @@ def _digits_part(cfg: Config, out_dir: Path, summary: dict) -> tuple:
 
 
 def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
-  del resume  # every model trains in well under a minute on CPU: runs restart from scratch
   out_dir = Path(out_dir)
   summary = {}
-  claims = _field_part(cfg, out_dir, summary)
-  digit_claims, trained = _digits_part(cfg, out_dir, summary)
+  claims = _field_part(cfg, out_dir, summary, resume)
+  digit_claims, trained = _digits_part(cfg, out_dir, summary, resume)
   claims += digit_claims
   rows = speed_table(cfg, cfg.speed_sizes, cfg.speed_batches, trained)
   summary["speed"] = rows
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
   (out_dir / "speed.md").write_text(_speed_markdown(rows) + "\n")
   for size in cfg.speed_sizes:
-    n_steps = nar_decode.forward_passes(nar.nar_order((size, size)))
+    n_steps = nar.forward_passes(nar.nar_order((size, size)))
     claims.append(Claim(f"nar-steps-{size}", "2503.10696 §3.1", f"an {size}x{size} grid takes "
                         "2n-1 forward passes (16x16: 31 vs raster 256)", 2 * size - 1, n_steps,
                         "ours == paper_value", n_steps == 2 * size - 1))

@@ -5,9 +5,12 @@ Inverse permutation learning: given P and Y_P = P Y, output Y = P^T Y_P.
     the sum-of-squares loss in three variants: causal (answers read at the Y_P block), unmasked,
     and causal with n content-free scratch rows (answers read at the scratch rows); the hand
     construction at large inverse temperature. Test errors are set beside the exact causal
-    bound 0.25 n(n-1)/2 (jaxtok.permutation).
+    bound 0.25 n(n-1)/2 (jaxtok.permutation). Every variant trains through
+    ``jaxtok.train.loop.train`` (the vector model through its model seam), with checkpoints
+    and resume, in its own directory ``vector/<variant>`` or ``tokens/<variant>``.
 (b) The same task as tokens on jaxtok's standard transformer (RoPE, SwiGLU, RMSNorm), trained by
-    the default next-token loss through the one train step with the mask in the batch: causal,
+    the default next-token loss (``permutation.token_loss`` also reports the answer scores)
+    through the one train loop with the mask in the batch: causal,
     prefix (bidirectional over the input) and causal + m scratch tokens for m in {n/2, n, 2n}
     (m = 0 is the causal variant); per answer token error and whole-answer exact match beside
     each variant's exact causal bound.
@@ -15,26 +18,24 @@ Inverse permutation learning: given P and Y_P = P Y, output Y = P^T Y_P.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import time
 from pathlib import Path
 from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxtok import permutation as pm
 from jaxtok.config import require, to_dict
 from jaxtok.data.pipeline import fixed_batches
+from jaxtok.decode import Model
 from jaxtok.nn.config import ModelConfig
-from jaxtok.nn.transformer import default_positions, forward, init_model
-from jaxtok.permutation_model import VectorModel, hand_construction, vector_loss
+from jaxtok.permutation import VectorConfig as VectorModelConfig
+from jaxtok.permutation import hand_construction, vector_factory, vector_loss
+from jaxtok.sharding import MeshConfig
 from jaxtok.train.config import TrainConfig
-from jaxtok.train.losses import next_token_loss
-from jaxtok.train.step import TrainState, make_optimizer, train_step
+from jaxtok.train.loop import train, transformer_factory
 from jaxtok_experiments.runner import Claim
 
 PAPER = "arXiv 2509.24125"
@@ -123,72 +124,63 @@ PRESETS = {"smoke": smoke, "cpu": cpu, "pod": pod}
 VECTOR_VARIANTS = {"causal": ("causal", 0), "unmasked": ("unmasked", 0), "scratch": ("scratch", 1)}
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_step(graphdef, tcfg: TrainConfig, loss_fn):
-  """(optimizer, jitted step): variants with equal model and batch shapes share one compile."""
-  tx = make_optimizer(tcfg)
-  return tx, jax.jit(functools.partial(train_step, graphdef, tx, loss_fn), donate_argnums=0)
+def _curve(evals: list[dict]) -> list[dict]:
+  """The trainer's evaluations as {step, <metric>: value} (the loss's own metrics)."""
+  return [{"step": e["step"], **{k[4:]: v for k, v in e.items() if k.startswith("val_")
+                                 and k != "val_loss"}} for e in evals]
 
 
-def _fit(graphdef, params, loss_fn, tcfg: TrainConfig, batch_at, evaluate, eval_every: int,
-         seed: int):
-  """A short loop around the one ``train_step``; returns (params, curve of evals)."""
-  tx, step = _compiled_step(graphdef, tcfg, loss_fn)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     key=jax.random.key_data(jax.random.key(seed)))
-  curve = [{"step": 0, **evaluate(state.params)}]
-  for i in range(tcfg.steps):
-    state, _ = step(state, batch_at(i))
-    if (i + 1) % eval_every == 0 or i + 1 == tcfg.steps:
-      curve.append({"step": i + 1, **evaluate(state.params)})
-  return state.params, curve
+def _fit(factory, loss_fn, tcfg: TrainConfig, source, example_fn, test: dict, batch_size: int,
+         out_dir: Path, config_dict: dict, resume: bool) -> dict:
+  """One variant through the one train loop (checkpoints, resume); returns its eval curve and
+  the trained ``Model``."""
+  start = time.time()
+  out = train(factory, tcfg, MeshConfig(), train_source=source, val_batches=[test],
+              batch_size=batch_size, out_dir=out_dir, config_dict=config_dict, resume=resume,
+              loss_fn=loss_fn, example_fn=example_fn)
+  curve = _curve(out["evals"])
+  return {"curve": curve, "final": curve[-1], "model": out["model"],
+          "seconds": round(time.time() - start, 1)}
 
 
-def _device(batch: dict) -> dict:
-  return {k: jnp.asarray(v) for k, v in batch.items() if k != "perm"}
+def _drop_perm(example: dict) -> dict:
+  return {k: v for k, v in example.items() if k != "perm"}
 
 
-def run_vector(cfg: VectorConfig, seed: int) -> dict:
+@jax.jit
+def _vector_metrics(model: Model, batch: dict) -> dict:
+  return vector_loss(model.graphdef, model.params, batch, None)[1].metrics
+
+
+def run_vector(cfg: VectorConfig, seed: int, out_dir: Path, resume: bool = False,
+               config_dict: dict | None = None) -> dict:
   n = cfg.n
   out = {"bound": pm.causal_mse_lower_bound(n), "variants": {}, "hand": {}}
-  loss_jit = jax.jit(lambda g, p, b: vector_loss(g, p, b, None)[1].metrics, static_argnums=0)
   for v_id, (name, (mask_kind, m_mult)) in enumerate(VECTOR_VARIANTS.items()):
     m = m_mult * n
     t = pm.seq_len(n, m)
-    test = fixed_batches(pm.PermutationSource(n, seed + 1, n_scratch=m, variant=mask_kind),
-                         cfg.test_size, 1, example_fn=lambda e: e)[0]
-    test_dev = _device(test)
-    mask = pm.mask_for(mask_kind, n, m, cfg.batch_size)
-
-    def batch_at(i, m=m, mask=mask, v_id=v_id):
-      b = pm.vector_batch(np.random.default_rng([seed, v_id, i]), cfg.batch_size, n, n_scratch=m)
-      return _device({**b, "mask": mask})
-
-    graphdef, params = nnx.split(VectorModel(n, t, n_layers=cfg.n_layers, n_heads=cfg.n_heads),
-                                 nnx.Param)
-    evaluate = lambda p: {k: float(v) for k, v in loss_jit(graphdef, p, test_dev).items()}
+    test = _drop_perm(fixed_batches(pm.PermutationSource(n, seed + 1, n_scratch=m,
+                                                         variant=mask_kind),
+                                    cfg.test_size, 1, example_fn=lambda e: e)[0])
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10),
-                       weight_decay=0.0, clip_norm=cfg.clip_norm, seed=seed)
-    start = time.time()
-    _, curve = _fit(graphdef, params, vector_loss, tcfg, batch_at, evaluate, cfg.eval_every, seed)
-    out["variants"][name] = {"curve": curve, "final": curve[-1], "n_scratch": m,
-                             "seconds": round(time.time() - start, 1),
+                       weight_decay=0.0, clip_norm=cfg.clip_norm, seed=seed,
+                       eval_every=cfg.eval_every, log_every=10, progress=False)
+    factory = vector_factory(VectorModelConfig(n, t, n_layers=cfg.n_layers, n_heads=cfg.n_heads))
+    res = _fit(factory, vector_loss, tcfg,
+               pm.PermutationSource(n, seed + 2 + v_id, n_scratch=m, variant=mask_kind),
+               _drop_perm, test, cfg.batch_size, out_dir / name,
+               {**(config_dict or {}), "part": "vector", "variant": name}, resume)
+    res.pop("model")
+    out["variants"][name] = {**res, "n_scratch": m,
                              "bound": pm.causal_mse_lower_bound(n, n_scratch=m)
                              if mask_kind != "unmasked" else 0.0}
-    hand = hand_construction(n, m, cfg.beta)
-    out["hand"][name] = {k: float(v) for k, v in
-                         loss_jit(*nnx.split(hand, nnx.Param), test_dev).items()}
+    hand = Model.from_module(hand_construction(n, m, cfg.beta))
+    out["hand"][name] = {k: float(v) for k, v in _vector_metrics(hand, test).items()}
   return out
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _token_scores(graphdef, params, test: dict, mask_BxTxT):
-  logits = forward(graphdef, params, test["inputs"], default_positions(*test["inputs"].shape),
-                   mask_BxTxT).logits
-  return pm.token_scores(logits, test["targets"], test["weights"])
-
-
-def run_tokens(cfg: TokenConfig, seed: int, only: tuple[str, ...] | None = None) -> dict:
+def run_tokens(cfg: TokenConfig, seed: int, out_dir: Path, resume: bool = False,
+               config_dict: dict | None = None, only: tuple[str, ...] | None = None) -> dict:
   """Trains every token variant (or those named in ``only``)."""
   n, k = cfg.n, cfg.k
   voc = pm.token_vocab(n, k)
@@ -203,33 +195,25 @@ def run_tokens(cfg: TokenConfig, seed: int, only: tuple[str, ...] | None = None)
     mcfg = ModelConfig(vocab_size=voc["size"], d_model=cfg.d_model, n_layers=cfg.n_layers,
                        n_heads=cfg.n_heads, d_ff=cfg.d_ff, max_len=max(t, 8),
                        positions=cfg.positions)
-    graphdef, params = nnx.split(init_model(mcfg, seed), nnx.Param)
-    mask = pm.mask_for(mask_kind, n, m, cfg.batch_size)
-    positions = np.asarray(default_positions(cfg.batch_size, t))
-
-    def batch_at(i, m=m, mask=mask, v_id=v_id, positions=positions):
-      b = pm.token_batch(np.random.default_rng([seed, 100 + v_id, i]), cfg.batch_size, n, k,
-                         n_scratch=m)
-      return _device({**b, "mask": mask, "positions": positions})
-
-    test = _device(pm.token_batch(np.random.default_rng([seed + 1, m]), cfg.test_size, n, k,
-                                  n_scratch=m))
-    test_mask = jnp.asarray(pm.mask_for(mask_kind, n, m, cfg.test_size))
-
-    evaluate = lambda p, g=graphdef, b=test, mk=test_mask: {
-        key: float(v) for key, v in _token_scores(g, p, b, mk).items()}
+    mask_TxT = pm.mask_for(mask_kind, n, m, 1)[0]
+    test = {**_drop_perm(pm.token_batch(np.random.default_rng([seed + 1, m]), cfg.test_size, n,
+                                        k, n_scratch=m)),
+            "mask": pm.mask_for(mask_kind, n, m, cfg.test_size)}
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10),
-                       weight_decay=0.0, seed=seed)
-    start = time.time()
-    _, curve = _fit(graphdef, params, next_token_loss, tcfg, batch_at, evaluate,
-                    cfg.eval_every, seed)
+                       weight_decay=0.0, seed=seed, eval_every=cfg.eval_every, log_every=10,
+                       progress=False)
+    res = _fit(transformer_factory(mcfg), pm.token_loss, tcfg,
+               pm.PermutationSource(n, seed + 100 + v_id, kind="tokens", n_scratch=m, k=k,
+                                    variant=mask_kind),
+               lambda e, mask_TxT=mask_TxT: {**_drop_perm(e), "mask": mask_TxT}, test,
+               cfg.batch_size, out_dir / name,
+               {**(config_dict or {}), "part": "tokens", "variant": name}, resume)
+    res.pop("model")
     bound = pm.causal_token_bounds(n, k, 0 if mask_kind == "prefix" else m)
     if mask_kind == "prefix":
       bound = {"accuracy": 1.0, "cross_entropy": 0.0, "exact_match": 1.0,
                "unrecoverable_fraction": 0.0}
-    out["variants"][name] = {"curve": curve, "final": curve[-1], "n_scratch": m,
-                             "mask": mask_kind, "bound": bound,
-                             "seconds": round(time.time() - start, 1)}
+    out["variants"][name] = {**res, "n_scratch": m, "mask": mask_kind, "bound": bound}
   out["causal_bound"] = pm.causal_token_bounds(n, k, 0)
   return out
 
@@ -270,10 +254,10 @@ def _plot(vec: dict, tok: dict, out_dir: Path) -> None:
 
 
 def run(cfg: Config, out_dir: Path, resume: bool = False) -> list[Claim]:
-  del resume  # each run is a few minutes of tiny models; it restarts from scratch
   out_dir = Path(out_dir)
-  vec = run_vector(cfg.vector, cfg.seed)
-  tok = run_tokens(cfg.tokens, cfg.seed)
+  config_dict = {"experiment": to_dict(cfg)}
+  vec = run_vector(cfg.vector, cfg.seed, out_dir / "vector", resume, config_dict)
+  tok = run_tokens(cfg.tokens, cfg.seed, out_dir / "tokens", resume, config_dict)
   (out_dir / "summary.json").write_text(json.dumps({"vector": vec, "tokens": tok,
                                                     "config": to_dict(cfg)}, indent=2,
                                                    default=float))

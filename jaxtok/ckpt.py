@@ -8,6 +8,9 @@ is unreadable (a save cut short by a crash or a full disk), moves the unreadable
 ``<dir>.corrupt/`` so the resumed run can save that step again, and says which it used. Every
 failure is a one-line ``CheckpointError`` (orbax's own messages carry kilobytes of TensorStore
 spec; only their first line is kept).
+
+``load_params(run_dir)`` is the inference-only load: the newest intact checkpoint's parameters
+(no optimizer state) as a ``jaxtok.decode.Model``, the model rebuilt from the run's config.json.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -184,3 +187,60 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def load_params(run_dir: str | Path, model_factory: Callable[[int], Any] | None = None):
+  """The trained parameters of a run as a ``jaxtok.decode.Model``, from the newest intact
+  checkpoint in ``run_dir/checkpoints`` (parameters only: the optimizer state is not read).
+
+  The model is rebuilt from ``run_dir/config.json``'s ``model`` section (a ``ModelConfig``: the
+  Transformer); a run of another module passes its ``model_factory`` (``seed -> nnx.Module``,
+  ``jaxtok.train.loop.ModelFactory``) instead. Raises ``CheckpointError`` naming the directory
+  when it holds no config or no checkpoint.
+  """
+  from flax import nnx
+
+  from jaxtok.config import ConfigError, from_dict
+  from jaxtok.decode.model import Model, ModelDef
+  from jaxtok.nn.config import ModelConfig
+  from jaxtok.nn.transformer import init_model
+
+  run_dir = Path(run_dir).absolute()
+  if not run_dir.is_dir():
+    raise CheckpointError(f"run_dir: {run_dir} is not a directory")
+  if model_factory is None:
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+      raise CheckpointError(f"{run_dir}: no config.json (not a run directory); pass "
+                            "model_factory= for a run that wrote none")
+    section = json.loads(cfg_path.read_text()).get("model")
+    if not isinstance(section, dict):
+      raise CheckpointError(f"{cfg_path}: no `model` section (a ModelConfig); pass "
+                            "model_factory= for a run of another model")
+    try:
+      model_cfg = from_dict(ModelConfig, section)
+    except (ConfigError, TypeError) as e:
+      raise CheckpointError(f"{cfg_path}: `model` is not a ModelConfig ({e})") from e
+    model_factory = lambda seed: init_model(model_cfg, seed)
+  ckpt_dir = run_dir / "checkpoints"
+  if not ckpt_dir.is_dir():
+    raise CheckpointError(f"{run_dir}: no checkpoints/ directory (was the run trained here?)")
+  abstract = nnx.eval_shape(lambda: model_factory(0))
+  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  manager = ocp.CheckpointManager(ckpt_dir)
+  try:
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(f"no checkpoint found in {ckpt_dir}")
+    errors = []
+    for step in steps:
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": abstract_params}, partial_restore=True)))
+      except Exception as e:  # noqa: BLE001 -- orbax raises many types for a bad checkpoint
+        errors.append(f"{ckpt_dir}/{step}: {short_reason(e)}")
+        continue
+      return Model(defn=ModelDef(graphdef, abstract.cfg), params=restored["state"]["params"])
+  finally:
+    manager.close()
+  raise CheckpointError(f"no intact checkpoint in {ckpt_dir}: " + "; ".join(errors))

@@ -94,3 +94,22 @@ class FieldSource(SeededSource):
 
   def generate(self, rng):
     return {"grid": self.field.sample(rng, 1)[0], "cond": np.array([self.cond_id], np.int32)}
+
+
+class GridArrays:
+  """A random-access source over fixed grids [M, N] and their condition tokens [M, C] (a real
+  image set such as ``jaxtok.data.digits``): example i is {grid, cond} of row i."""
+
+  def __init__(self, grids_MxN: np.ndarray, cond_MxC: np.ndarray):
+    grids_MxN, cond_MxC = np.asarray(grids_MxN), np.asarray(cond_MxC)
+    require(grids_MxN.ndim == 2 and len(grids_MxN) > 0, "grids_MxN", "a non-empty [M, N] array",
+            grids_MxN.shape)
+    require(cond_MxC.ndim == 2 and len(cond_MxC) == len(grids_MxN), "cond_MxC",
+            f"[{len(grids_MxN)}, C]", cond_MxC.shape)
+    self.grids_MxN, self.cond_MxC = grids_MxN, cond_MxC
+
+  def __len__(self) -> int:
+    return len(self.grids_MxN)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {"grid": self.grids_MxN[index], "cond": self.cond_MxC[index]}

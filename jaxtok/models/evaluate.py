@@ -54,27 +54,31 @@ def _windows(docs_ids: Sequence[Sequence[int]], sep_id: int, window: int):
   return np.stack(inputs), np.stack(targets), np.stack(weights)
 
 
-@functools.lru_cache(maxsize=None)
-def _nll_fn(graphdef):
-  import jax
+def _nll(model, x_BxT, y_BxT, w_BxT):
   import jax.numpy as jnp
 
   from jaxtok.train.losses import next_token_loss
-
-  @jax.jit
-  def nll(params, x_BxT, y_BxT, w_BxT):
-    _, aux = next_token_loss(graphdef, params, {"inputs": x_BxT, "targets": y_BxT,
-                                                "weights": w_BxT}, None)
-    return jnp.sum(aux.nll_BxT * aux.weights_BxT)
-
-  return nll
+  _, aux = next_token_loss(model.graphdef, model.params, {"inputs": x_BxT, "targets": y_BxT,
+                                                          "weights": w_BxT}, None)
+  return jnp.sum(aux.nll_BxT * aux.weights_BxT)
 
 
-def score_texts(graphdef, params, tokenizer, texts: Sequence[str], *, window: int = 512,
+@functools.cache
+def _nll_jit():
+  import jax  # jitted on first use: no JAX call at import time
+  return jax.jit(_nll)
+
+
+def score_texts(model, texts: Sequence[str], *, tokenizer=None, window: int = 512,
                 batch: int = 4, sep_id: int | None = None) -> TextScore:
-  """Total NLL of ``texts`` under the model (windows batched; one compile per shape)."""
+  """Total NLL of ``texts`` under ``model`` (a ``jaxtok.decode.Model``; windows batched, one
+  compile per model definition and shape). ``tokenizer``: default the model's own."""
   if window <= 0 or batch <= 0:
     raise ValueError(f"window and batch must be positive, got window={window}, batch={batch}")
+  tokenizer = model.tokenizer if tokenizer is None else tokenizer
+  if tokenizer is None:
+    raise ValueError("tokenizer: the model carries none (a pretrained model from "
+                     "jaxtok.models.load does); pass tokenizer=")
   if sep_id is None:
     sep_id = tokenizer.tokenizer.token_to_id("<|endoftext|>")  # may be 0: test for None
   if sep_id is None:
@@ -85,10 +89,10 @@ def score_texts(graphdef, params, tokenizer, texts: Sequence[str], *, window: in
   pad = -len(x) % batch
   if pad:
     x, y, w = (np.concatenate([a, np.zeros((pad, window), a.dtype)]) for a in (x, y, w))
-  fn = _nll_fn(graphdef)
+  fn = _nll_jit()
   total = 0.0
   for i in range(0, len(x), batch):
-    total += float(fn(params, x[i:i + batch], y[i:i + batch], w[i:i + batch]))
+    total += float(fn(model, x[i:i + batch], y[i:i + batch], w[i:i + batch]))
   return TextScore(nll_nats=total, n_tokens=int(w.sum()),
                    n_bytes=sum(len(t.encode("utf-8")) for t in texts))
 

@@ -5,7 +5,8 @@ One loop serves both orders (``jaxtok.nar.GridOrder``). The condition tokens are
 a fresh cache; their outputs give step 0 (the origin). Then each step s = 0 .. S-2 is ONE forward
 of step s's tokens (padded to the static width W) at their grid coordinates, bidirectional among
 themselves and attending to every committed slot (condition + earlier steps); only the valid
-tokens are committed (``jaxtok.cache.commit``), so the padded slots are overwritten next step.
+tokens are committed, so the padded slots are overwritten next step. Every cached forward is a
+``jaxtok.decode.extend`` call (the engine's one place a block meets the cache).
 The block's per-axis head outputs, mixed over each neighbour (eq. 3), are the logits of step
 s + 1. An n x n grid thus takes 2n - 1 forward passes under NAR and n^2 under raster AR.
 
@@ -20,15 +21,15 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from jaxtok import cache as cache_lib
 from jaxtok.config import require
-from jaxtok.decode import Sampling, sample
-from jaxtok.nar import GridOrder, check_heads, head_logits, nar_order
+from jaxtok.decode.model import Model
+from jaxtok.decode.sampling import Sampling, sample
+from jaxtok.decode.step import extend
+from jaxtok.nar.order import GridOrder, check_heads, head_logits, nar_order
 from jaxtok.nn import masks
-from jaxtok.nn.transformer import forward
 
 
 def forward_passes(order: GridOrder) -> int:
@@ -71,21 +72,19 @@ def _guide(logits_BxWxV, cfg_scale):
   return null + cfg_scale * (cond - null)
 
 
-def _run(graphdef, params, order: GridOrder, cond_BxC, key, forced_BxN, *, grid_vocab: int,
+def _run(model: Model, order: GridOrder, cond_BxC, key, forced_BxN, *, grid_vocab: int,
          temperature: float, cfg_scale: float | None, null_cond: int | None):
   """The decode loop. ``forced_BxN`` (teacher forcing through the cache) replaces sampling by
   the given grid and returns the logits of every target [B, N, V]; else returns the grid."""
   b, c = cond_BxC.shape
   n, w, s_total = order.n_tokens, order.width, order.n_steps
-  cfg = nnx.merge(graphdef, params).cfg
   if cfg_scale is not None:  # one doubled batch: conditional rows, then null-condition rows
     cond_BxC = jnp.concatenate([cond_BxC, jnp.full_like(cond_BxC, null_cond)], axis=0)
   rows = cond_BxC.shape[0]
-  cache = cache_lib.init_cache(cfg, rows, c + n + w)
+  cache = cache_lib.init_cache(model.cfg, rows, c + n + w)
   pos_CxP = jnp.asarray(order.pos_LxP[:c])
-  out = forward(graphdef, params, cond_BxC, jnp.broadcast_to(pos_CxP, (rows, c, order.n_axes)),
-                masks.CAUSAL, cache=cache, fresh_cache=True)
-  cache = cache_lib.commit(out.cache, jnp.full((rows,), c, jnp.int32))
+  out, cache = extend(model, cache, cond_BxC, jnp.broadcast_to(pos_CxP, (rows, c, order.n_axes)),
+                      masks.CAUSAL, commit_B=jnp.full((rows,), c, jnp.int32), fresh=True)
   first_BxWxV = _guide(_mix(out, order, jnp.asarray(order.first_src_WxH),
                             jnp.asarray(order.first_valid_WxH), grid_vocab), cfg_scale)
 
@@ -110,10 +109,10 @@ def _run(graphdef, params, order: GridOrder, cond_BxC, key, forced_BxN, *, grid_
     block_mask_WxW = (valid_W[:, None] & valid_W[None, :]) | jnp.eye(wb, dtype=bool)
     block_BxW = tokens_BxW[:, :wb]
     rows_tokens = block_BxW if cfg_scale is None else jnp.concatenate([block_BxW] * 2, 0)
-    out = forward(graphdef, params, rows_tokens,
-                  jnp.broadcast_to(grid_pos_SxWxP[s][:wb], (rows, wb, order.n_axes)),
-                  jnp.broadcast_to(block_mask_WxW, (rows, wb, wb)), cache=cache)
-    cache = cache_lib.commit(out.cache, jnp.full((rows,), valid_W.sum(), jnp.int32))
+    out, cache = extend(model, cache, rows_tokens,
+                        jnp.broadcast_to(grid_pos_SxWxP[s][:wb], (rows, wb, order.n_axes)),
+                        jnp.broadcast_to(block_mask_WxW, (rows, wb, wb)),
+                        commit_B=jnp.full((rows,), valid_W.sum(), jnp.int32))
     logits_BxWxV = _guide(_mix(out, order, jnp.asarray(order.next_src_SxWxH)[s],
                                jnp.asarray(order.next_valid_SxWxH)[s], grid_vocab), cfg_scale)
     key, sub = jax.random.split(key)
@@ -136,17 +135,17 @@ def _run(graphdef, params, order: GridOrder, cond_BxC, key, forced_BxN, *, grid_
   return out_BxN1xV[:, :n]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "order", "grid_vocab", "temperature",
-                                              "cfg_scale", "null_cond"))
-def _generate_jit(graphdef, params, cond_BxC, key, *, order, grid_vocab, temperature, cfg_scale,
+@functools.partial(jax.jit, static_argnames=("order", "grid_vocab", "temperature", "cfg_scale",
+                                              "null_cond"))
+def _generate_jit(model: Model, cond_BxC, key, *, order, grid_vocab, temperature, cfg_scale,
                   null_cond):
-  return _run(graphdef, params, order, cond_BxC, key, None, grid_vocab=grid_vocab,
+  return _run(model, order, cond_BxC, key, None, grid_vocab=grid_vocab,
               temperature=temperature, cfg_scale=cfg_scale, null_cond=null_cond)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "order", "grid_vocab"))
-def _forced_jit(graphdef, params, cond_BxC, grid_BxN, *, order, grid_vocab):
-  return _run(graphdef, params, order, cond_BxC, jax.random.key(0), grid_BxN,
+@functools.partial(jax.jit, static_argnames=("order", "grid_vocab"))
+def _forced_jit(model: Model, cond_BxC, grid_BxN, *, order, grid_vocab):
+  return _run(model, order, cond_BxC, jax.random.key(0), grid_BxN,
               grid_vocab=grid_vocab, temperature=1.0, cfg_scale=None, null_cond=None)
 
 
@@ -160,7 +159,7 @@ def _check_cond(order: GridOrder, cond_BxC, vocab: int):
   return cond_BxC
 
 
-def generate_grid(graphdef: nnx.GraphDef, params, order: GridOrder, cond_BxC, key, *,
+def generate_grid(model: Model, order: GridOrder, cond_BxC, key, *,
                   grid_vocab: int, temperature: float = 1.0, cfg_scale: float | None = None,
                   null_cond: int | None = None) -> Int[Array, "B N"]:
   """Grids [B, N] (raster order) generated in ``order`` through the KV cache.
@@ -168,31 +167,30 @@ def generate_grid(graphdef: nnx.GraphDef, params, order: GridOrder, cond_BxC, ke
   ``temperature`` 0 is greedy; ``cfg_scale`` (None: off) guides towards ``cond_BxC`` against
   the ``null_cond`` condition token.
   """
-  cfg = nnx.merge(graphdef, params).cfg
-  check_heads(cfg, order)
-  vocab = cfg.vocab_size
+  check_heads(model.cfg, order)
+  vocab = model.cfg.vocab_size
   cond_BxC = _check_cond(order, cond_BxC, vocab)
   require(temperature >= 0, "temperature", ">= 0", temperature)
   require(0 < grid_vocab <= vocab, "grid_vocab", f"in [1, model.vocab_size={vocab}]", grid_vocab)
   require(cfg_scale is None or (null_cond is not None and 0 <= null_cond < vocab), "null_cond",
           f"a token id in [0, {vocab}) when cfg_scale is set", null_cond)
-  return _generate_jit(graphdef, params, cond_BxC, key, order=order, grid_vocab=grid_vocab,
+  return _generate_jit(model, cond_BxC, key, order=order, grid_vocab=grid_vocab,
                        temperature=float(temperature),
                        cfg_scale=None if cfg_scale is None else float(cfg_scale),
                        null_cond=None if cfg_scale is None else int(null_cond))
 
 
-def nar_generate(graphdef: nnx.GraphDef, params, shape: tuple[int, ...], cond_BxC, key, *,
+def nar_generate(model: Model, shape: tuple[int, ...], cond_BxC, key, *,
                  grid_vocab: int, temperature: float = 1.0, cfg_scale: float | None = None,
                  null_cond: int | None = None) -> Int[Array, "B N"]:
   """NAR generation of ``shape`` grids: 2n - 1 forward passes for n x n, 2n + t - 2 for
   t x n x n (``generate_grid`` with ``nar_order(shape, n_cond)``)."""
   order = nar_order(tuple(shape), int(jnp.shape(cond_BxC)[1]))
-  return generate_grid(graphdef, params, order, cond_BxC, key, grid_vocab=grid_vocab,
+  return generate_grid(model, order, cond_BxC, key, grid_vocab=grid_vocab,
                        temperature=temperature, cfg_scale=cfg_scale, null_cond=null_cond)
 
 
-def cached_grid_logits(graphdef: nnx.GraphDef, params, order: GridOrder,
+def cached_grid_logits(model: Model, order: GridOrder,
                        tokens_BxL: Int[Array, "B L"], grid_vocab: int) -> Float[Array, "B N V"]:
   """The mixed logits of every grid token computed step by step through the KV cache with the
   given tokens fed (teacher forcing); equals ``jaxtok.nar.grid_logits`` of the same tokens."""
@@ -200,6 +198,6 @@ def cached_grid_logits(graphdef: nnx.GraphDef, params, order: GridOrder,
   if tokens_BxL.ndim != 2 or tokens_BxL.shape[1] != order.seq_len:
     raise ValueError(f"tokens_BxL: expected shape [batch, {order.seq_len}], got "
                      f"{tokens_BxL.shape}")
-  check_heads(nnx.merge(graphdef, params).cfg, order)
-  return _forced_jit(graphdef, params, tokens_BxL[:, :order.n_cond],
+  check_heads(model.cfg, order)
+  return _forced_jit(model, tokens_BxL[:, :order.n_cond],
                      tokens_BxL[:, order.n_cond:], order=order, grid_vocab=grid_vocab)

@@ -18,8 +18,8 @@ the sequence; RoPE runs over their grid coordinates (N-D RoPE, ``ModelConfig.rop
 
 The raster-order AR baseline is the same machinery with one token per step, the causal mask and
 the backbone head of the previous raster token (``raster_order``); both orders train on the same
-batches through the one train step (``grid_loss_fn``) and decode through the same cached loop
-(``jaxtok.nar_decode``).
+batches through the one train step (``jaxtok.nar.loss``) and decode through the same cached loop
+(``jaxtok.nar.decode``).
 """
 from __future__ import annotations
 
@@ -29,15 +29,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxtok.config import require
 from jaxtok.nn import masks
 from jaxtok.nn.config import ModelConfig
-from jaxtok.nn.transformer import forward
-from jaxtok.data.sources import SeededSource
-from jaxtok.train.losses import LossAux, cross_entropy, weighted_mean
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -230,139 +226,3 @@ def mix_neighbor_logits(heads: tuple, src_NxH: np.ndarray, w_NxH: np.ndarray,
     term = g_BxNxV * jnp.asarray(w_NxH[:, h])[None, :, None]
     total = term if total is None else total + term
   return total
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "order", "grid_vocab", "head"))
-def grid_logits(graphdef, params, order: GridOrder, tokens_BxL: Int[Array, "B L"],
-                grid_vocab: int, head: int | None = None) -> Float[Array, "B N V"]:
-  """Teacher-forced mixed logits of every grid token (one uncached forward of the sequence
-  under the order's mask); logits are restricted to the grid vocabulary. ``head``: use that
-  head alone where neighbours overlap (``mix_weights``)."""
-  b, l = tokens_BxL.shape
-  if l != order.seq_len:
-    raise ValueError(f"tokens_BxL: expected length {order.seq_len} (condition + grid), got {l}")
-  check_heads(nnx.merge(graphdef, params).cfg, order)
-  pos_BxLxP = jnp.broadcast_to(jnp.asarray(order.pos_LxP), (b, l, order.n_axes))
-  out = forward(graphdef, params, tokens_BxL, pos_BxLxP, order_mask(order, b))
-  w_NxH = mix_weights(order.valid_NxH, order.src_NxH, order.n_cond, head)
-  return mix_neighbor_logits(head_logits(out, order), order.src_NxH, w_NxH, grid_vocab)
-
-
-def grid_example(grid_N: np.ndarray, cond_C: np.ndarray) -> dict[str, np.ndarray]:
-  """One batch row: ``inputs`` = condition + raster grid, ``targets`` = the grid."""
-  grid_N = np.asarray(grid_N, np.int32).reshape(-1)
-  return {"inputs": np.concatenate([np.asarray(cond_C, np.int32).reshape(-1), grid_N]),
-          "targets": grid_N, "weights": np.ones(grid_N.shape, np.float32)}
-
-
-def to_grid_example(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """``example_fn`` for ``jaxtok.train.loop.train``: a source's {grid, cond} -> a batch row."""
-  return grid_example(example["grid"], example["cond"])
-
-
-def grid_loss_fn(order: GridOrder, grid_vocab: int, *, cond_dropout: float = 0.0,
-                 null_cond: int | None = None):
-  """The loss handed to the one train step: cross-entropy of the mixed logits (NAR) or of the
-  previous token's backbone logits (raster). ``cond_dropout``: each row's condition tokens are
-  replaced by ``null_cond`` with this probability (drawn from the step key), which trains the
-  unconditional model classifier-free guidance needs."""
-  require(0 <= cond_dropout < 1, "cond_dropout", "in [0, 1)", cond_dropout)
-  require(cond_dropout == 0 or null_cond is not None, "null_cond",
-          "a token id when cond_dropout > 0", null_cond)
-
-  def loss_fn(graphdef, params, batch, key):
-    tokens_BxL = batch["inputs"]
-    if cond_dropout > 0:
-      drop_Bx1 = jax.random.bernoulli(key, cond_dropout, (tokens_BxL.shape[0], 1))
-      cond_BxC = jnp.where(drop_Bx1, null_cond, tokens_BxL[:, :order.n_cond])
-      tokens_BxL = jnp.concatenate([cond_BxC, tokens_BxL[:, order.n_cond:]], axis=1)
-    logits_BxNxV = grid_logits(graphdef, params, order, tokens_BxL, grid_vocab)
-    nll_BxN = cross_entropy(logits_BxNxV, batch["targets"])
-    w_BxN = batch["weights"].astype(jnp.float32)
-    return weighted_mean(nll_BxN, w_BxN), LossAux(nll_BxT=nll_BxN, weights_BxT=w_BxN)
-  return loss_fn
-
-
-class CausalField:
-  """A synthetic n x n field with exact likelihood (core_papers.md §4a): x[0,0] uniform, first
-  row ~ A[left], first column ~ B[up], interior ~ C[up, left]; rows of every table are
-  Dirichlet(alpha). Tokens of one anti-diagonal are independent given the previous one, so NAR's
-  factorisation is exact. ``same_diagonal`` (the negative control): interior cells left of the
-  last column also read x[i-1, j+1], which lies on their own diagonal.
-  """
-
-  def __init__(self, n: int, vocab: int, seed: int = 0, *, alpha: float = 0.3,
-               same_diagonal: bool = False):
-    require(n >= 2, "n", ">= 2", n)
-    require(vocab >= 2, "vocab", ">= 2", vocab)
-    require(alpha > 0, "alpha", "> 0", alpha)
-    rng = np.random.default_rng([seed, 14])
-    draw = lambda *lead: rng.dirichlet(np.full(vocab, alpha), size=lead)
-    self.n, self.vocab, self.same_diagonal = n, vocab, same_diagonal
-    self.a_VxV, self.b_VxV, self.c_VxVxV = draw(vocab), draw(vocab), draw(vocab, vocab)
-    self.e_VxVxVxV = draw(vocab, vocab, vocab)
-
-  def _reads_upright(self, i: int, j: int) -> bool:
-    return self.same_diagonal and i > 0 and 0 < j < self.n - 1
-
-  def _row(self, x_MxNxN, i, j, upright_MxV=None):
-    """p(x[i, j] | parents) as [M, V]; ``upright_MxV`` replaces the one-hot of x[i-1, j+1] by a
-    distribution over it (summed out)."""
-    m = x_MxNxN.shape[0]
-    if i == 0 and j == 0:
-      return np.full((m, self.vocab), 1.0 / self.vocab)
-    if i == 0:
-      return self.a_VxV[x_MxNxN[:, 0, j - 1]]
-    if j == 0:
-      return self.b_VxV[x_MxNxN[:, i - 1, 0]]
-    up, left = x_MxNxN[:, i - 1, j], x_MxNxN[:, i, j - 1]
-    if not self._reads_upright(i, j):
-      return self.c_VxVxV[up, left]
-    table_MxVxV = self.e_VxVxVxV[up, left]  # [M, upright, x]
-    if upright_MxV is None:
-      return table_MxVxV[np.arange(m), x_MxNxN[:, i - 1, j + 1]]
-    return np.einsum("mu,mux->mx", upright_MxV, table_MxVxV)
-
-  def sample(self, rng: np.random.Generator, m: int) -> Int[np.ndarray, "M N"]:
-    x = np.zeros((m, self.n, self.n), np.int32)
-    for i in range(self.n):
-      for j in range(self.n):
-        cdf_MxV = np.cumsum(self._row(x, i, j), axis=1)
-        u_Mx1 = rng.random((m, 1)) * cdf_MxV[:, -1:]
-        x[:, i, j] = np.minimum((u_Mx1 > cdf_MxV).sum(1), self.vocab - 1)
-    return x.reshape(m, -1)
-
-  def log_prob(self, x_MxN: np.ndarray) -> Float[np.ndarray, "M"]:
-    """Exact log-likelihood (nats) of each grid."""
-    x = np.asarray(x_MxN).reshape(-1, self.n, self.n)
-    m = np.arange(x.shape[0])
-    return sum(np.log(self._row(x, i, j)[m, x[:, i, j]])
-               for i in range(self.n) for j in range(self.n))
-
-  def nar_log_prob(self, x_MxN: np.ndarray) -> Float[np.ndarray, "M"]:
-    """sum_c log p(x_c | all tokens of earlier diagonals): the best log-likelihood any model
-    that draws a diagonal's tokens independently given the earlier ones can reach (equal to
-    ``log_prob`` without ``same_diagonal``). Along a diagonal (increasing i) the upright
-    dependency is a chain, summed out by a forward recursion."""
-    x = np.asarray(x_MxN).reshape(-1, self.n, self.n)
-    m = np.arange(x.shape[0])
-    total = np.zeros(x.shape[0])
-    for d in range(2 * self.n - 1):
-      q_MxV = None  # p(previous chain element | earlier diagonals)
-      for i in range(max(0, d - self.n + 1), min(d, self.n - 1) + 1):
-        j = d - i
-        p_MxV = self._row(x, i, j, q_MxV if self._reads_upright(i, j) else None)
-        total += np.log(p_MxV[m, x[:, i, j]])
-        q_MxV = p_MxV
-    return total
-
-
-class FieldSource(SeededSource):
-  """Grids of a ``CausalField`` (example i from seed (seed, i)) after one condition token."""
-
-  def __init__(self, field: CausalField, seed: int, cond_id: int, length: int = 2**31 - 1):
-    super().__init__(seed, length)
-    self.field, self.cond_id = field, cond_id
-
-  def generate(self, rng):
-    return {"grid": self.field.sample(rng, 1)[0], "cond": np.array([self.cond_id], np.int32)}

@@ -7,6 +7,10 @@ held for the run's lifetime (``jaxtok.rundir``); checkpoints are saved every
 ``train.ckpt_every`` steps (or ``train.ckpt_minutes`` of training), at the end, and on SIGTERM,
 after which ``train`` raises ``Preempted``. After a resume the returned history and evals are
 the whole run's (read back from ``metrics.jsonl``), so figures show every step.
+
+The model is a seam (nanodo's ``model_factory``): ``setup``/``train`` take a ``ModelFactory``,
+``seed -> nnx.Module``; ``transformer_factory(cfg)`` is jaxtok's Transformer for a ``ModelConfig``.
+``train`` returns the trained parameters as a ``jaxtok.decode.Model``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +37,7 @@ from jaxtok import rundir, runtime
 from jaxtok.ckpt import Checkpointer
 from jaxtok.config import require
 from jaxtok.data.pipeline import check_batch_ids, check_token_range, lm_batches, to_lm_example
+from jaxtok.decode.model import Model, ModelDef
 from jaxtok.nn.config import ModelConfig
 from jaxtok.nn.transformer import init_model
 from jaxtok.sharding import (MeshConfig, batch_sharding, describe_sharding, make_mesh,
@@ -41,15 +47,39 @@ from jaxtok.train.losses import LossFn, next_token_loss
 from jaxtok.train.step import TrainState, eval_step, lr_schedule, make_optimizer, train_step
 
 
+ModelFactory = Callable[[int], nnx.Module]
+"""The model seam of training (nanodo's ``model_factory``): ``model_factory(seed)`` builds a
+fresh module from an init seed. The module must carry a ``cfg`` (its config; for a
+``ModelConfig`` the trainer also checks token ids and lengths against it) because the trained
+``Model`` handle keeps it, and every variable the trainer sees must be an ``nnx.Param`` with
+``logical_axes`` metadata (``jaxtok.sharding`` maps it to the mesh; ``None`` axes replicate). It is
+called under ``nnx.eval_shape`` (shapes only) and inside the sharded init jit, so it must be
+traceable and deterministic in ``seed``."""
+
+
+def transformer_factory(cfg: ModelConfig) -> ModelFactory:
+  """jaxtok's Transformer for ``cfg`` (the standard LM): ``seed -> init_model(cfg, seed)``."""
+  return functools.partial(init_model, cfg)
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything a run needs that is derived from the configs (no arrays materialised)."""
   mesh: jax.sharding.Mesh
-  graphdef: nnx.GraphDef
+  model_def: ModelDef  # graphdef + the module's cfg; identity-hashed (jaxtok.decode)
+  model_factory: ModelFactory
   tx: optax.GradientTransformation
   state_shardings: TrainState
   batch_sharding: NamedSharding
   loss_fn: LossFn = next_token_loss
+
+  @property
+  def graphdef(self) -> nnx.GraphDef:
+    return self.model_def.graphdef
+
+  def model(self, params) -> Model:
+    """The ``jaxtok.decode.Model`` handle of ``params`` (same definition: no recompile)."""
+    return Model(defn=self.model_def, params=params)
 
 
 def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
@@ -58,10 +88,17 @@ def split_params(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
   return nnx.split(model, nnx.Param)
 
 
-def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig,
+def setup(model_factory: ModelFactory, train_cfg: TrainConfig, mesh_cfg: MeshConfig,
           devices=None, loss_fn: LossFn = next_token_loss) -> Setup:
+  if not callable(model_factory) or isinstance(model_factory, ModelConfig):
+    raise TypeError(f"model_factory: expected a callable seed -> nnx.Module (for a ModelConfig "
+                    f"use transformer_factory(cfg)), got {type(model_factory).__name__}")
   mesh = make_mesh(mesh_cfg, devices)
-  graphdef, abstract_params = split_params(nnx.eval_shape(lambda: init_model(model_cfg)))
+  abstract = nnx.eval_shape(lambda: model_factory(train_cfg.seed))
+  if not hasattr(abstract, "cfg"):
+    raise TypeError(f"model_factory: the module {type(abstract).__name__} has no `cfg` "
+                    "attribute (the trained Model keeps its config)")
+  graphdef, abstract_params = split_params(abstract)
   p_shardings = param_shardings(abstract_params, mesh)
   tx = make_optimizer(train_cfg)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -71,21 +108,22 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig,
       transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, nnx.Variable))
   state_shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings,
                                key=replicated)
-  return Setup(mesh, graphdef, tx, state_shardings, batch_sharding(mesh), loss_fn)
+  return Setup(mesh, ModelDef(graphdef, abstract.cfg), model_factory, tx, state_shardings,
+               batch_sharding(mesh), loss_fn)
 
 
-def fresh_state(s: Setup, model_cfg: ModelConfig, seed: int) -> TrainState:
+def fresh_state(s: Setup, seed: int) -> TrainState:
   """The step-0 state (traceable: ``jax.eval_shape`` of it is the abstract state)."""
-  params = split_params(init_model(model_cfg, seed))[1]
+  params = split_params(s.model_factory(seed))[1]
   # The step key is derived apart from the init seed's parameter stream.
   key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=s.tx.init(params),
                     key=key)
 
 
-def init_state(s: Setup, model_cfg: ModelConfig, seed: int) -> TrainState:
+def init_state(s: Setup, seed: int) -> TrainState:
   """Parameters and optimizer state created directly in their shards."""
-  return jax.jit(lambda: fresh_state(s, model_cfg, seed), out_shardings=s.state_shardings)()
+  return jax.jit(lambda: fresh_state(s, seed), out_shardings=s.state_shardings)()
 
 
 def compile_train_step(s: Setup):
@@ -109,7 +147,15 @@ def evaluate(s: Setup, eval_fn, params, val_batches) -> dict:
   tokens = sum(float(o["tokens"]) for o in outs)
   loss = sum(float(o["loss"]) * float(o["tokens"]) for o in outs) / tokens
   per_pos = np.mean([np.asarray(o["loss_per_position"]) for o in outs], axis=0)
-  return {"loss": loss, "loss_per_position": per_pos.tolist()}
+  # The loss's own metrics (LossAux.metrics), token-weighted over the batches like the loss.
+  metrics = {k: sum(float(o["metrics"][k]) * float(o["tokens"]) for o in outs) / tokens
+             for k in outs[0]["metrics"]}
+  return {"loss": loss, "loss_per_position": per_pos.tolist(), "metrics": metrics}
+
+
+def _eval_record(step: int, ev: dict) -> dict:
+  return {"step": step, "val_loss": ev["loss"],
+          **{f"val_{k}": v for k, v in ev["metrics"].items()}}
 
 
 def _check_finite(metrics: dict, step: int) -> dict:
@@ -180,11 +226,14 @@ def _check_shapes(model_cfg: ModelConfig, batch: dict) -> None:
     check_token_range(batch["positions"], model_cfg.max_len, "batch positions (model.max_len)")
 
 
-def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, *,
+def train(model_factory: ModelFactory, train_cfg: TrainConfig, mesh_cfg: MeshConfig, *,
           train_source, val_batches, batch_size: int, out_dir: str | Path,
           config_dict: dict, resume: bool = False, loss_fn: LossFn = next_token_loss,
           example_fn=to_lm_example) -> dict:
-  """Trains; returns final eval metrics, the loss history and throughput.
+  """Trains the module ``model_factory(train_cfg.seed)`` (``transformer_factory(cfg)`` for the
+  standard Transformer); returns a dict: ``model`` (the trained ``jaxtok.decode.Model``),
+  ``state``, ``setup``, ``history``, ``evals`` (``val_loss`` and ``val_<metric>`` of the loss's
+  own metrics), ``final`` (the last evaluation) and ``tokens_per_s``.
 
   ``loss_fn`` is the step's loss (``jaxtok.train.losses``); ``example_fn`` turns one source
   example into one batch row (default: ``tokens`` -> next-token ``inputs/targets/weights``).
@@ -193,15 +242,16 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh_cfg: MeshConfig, 
   starts from step 0 and says so.
   """
   with rundir.hold(out_dir) as held:
-    return _train(model_cfg, train_cfg, mesh_cfg, train_source=train_source,
+    return _train(model_factory, train_cfg, mesh_cfg, train_source=train_source,
                   val_batches=val_batches, batch_size=batch_size, out_dir=held,
                   config_dict=config_dict, resume=resume, loss_fn=loss_fn,
                   example_fn=example_fn)
 
 
-def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_size, out_dir,
+def _train(model_factory, train_cfg, mesh_cfg, *, train_source, val_batches, batch_size, out_dir,
            config_dict, resume, loss_fn, example_fn) -> dict:
-  s = setup(model_cfg, train_cfg, mesh_cfg, loss_fn=loss_fn)
+  s = setup(model_factory, train_cfg, mesh_cfg, loss_fn=loss_fn)
+  model_cfg = s.model_def.cfg
   shards = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
   if batch_size % shards:
     raise ValueError(f"data.batch_size={batch_size} must divide by the data x fsdp mesh size "
@@ -210,10 +260,14 @@ def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_s
                        process_index=jax.process_index(), process_count=jax.process_count(),
                        example_fn=example_fn)
   # Host-side id checks: inside jit an id >= vocab turns logits NaN and a negative one wraps.
+  # Token models only: another module (a ``cfg`` of its own) checks its inputs itself.
+  token_model = isinstance(model_cfg, ModelConfig)
   check_targets = loss_fn is next_token_loss
-  check_inputs = model_cfg.embedding == "learned"
+  check_inputs = token_model and model_cfg.embedding == "learned"
 
   def check(batch: dict, what: str) -> None:
+    if not token_model:
+      return
     _check_shapes(model_cfg, batch)
     check_batch_ids(batch if check_inputs else {k: v for k, v in batch.items() if k != "inputs"},
                     model_cfg.vocab_size, what, targets=check_targets)
@@ -228,7 +282,7 @@ def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_s
     raise rundir.RunDirError(f"{ckpt.directory} already holds another run's checkpoints (up to "
                              f"step {latest}); continue it with --resume (resume=True) or use a "
                              f"fresh directory (--overwrite replaces it)")
-  state = init_state(s, model_cfg, train_cfg.seed)
+  state = init_state(s, train_cfg.seed)
   if resume and latest is None:
     _note(f"resume: no checkpoint in {ckpt.directory}; training from step 0")
   elif resume:
@@ -252,7 +306,9 @@ def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_s
   eval_fn = compile_eval_step(s)  # built once: a new jit wrapper per eval would recompile
   log = MetricsLog(out_dir / "metrics.jsonl", start)
   schedule = lr_schedule(train_cfg)
-  tokens_per_step = batch_size * int(np.prod(dataset[0]["inputs"].shape[1:]))
+  first = dataset[0]  # tokens per row; a batch without ``inputs`` counts examples
+  tokens_per_step = batch_size * (int(np.prod(first["inputs"].shape[1:])) if "inputs" in first
+                                  else 1)
   bar = tqdm(total=train_cfg.steps, initial=start, desc=f"train {rundir.label(out_dir)}",
              disable=not (train_cfg.progress and runtime.is_main_process()), unit="step",
              dynamic_ncols=True)
@@ -286,8 +342,8 @@ def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_s
       bar.update(1)
       if step_no % train_cfg.eval_every == 0 and step_no != train_cfg.steps:
         ev = evaluate(s, eval_fn, state.params, val_batches)
-        evals.append({"step": step_no, "val_loss": ev["loss"]})
-        log.write({"step": step_no, "val_loss": ev["loss"]})
+        evals.append(_eval_record(step_no, ev))
+        log.write(_eval_record(step_no, ev))
       if step_no == train_cfg.steps:
         break  # the final checkpoint follows the final evaluation
       # On a pod the decisions are collective, so they are taken at log steps only.
@@ -312,9 +368,9 @@ def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_s
     final = evaluate(s, eval_fn, state.params, val_batches)
     finished_before = start == train_cfg.steps and any(
         r.get("step") == start and "val_loss" in r for r in log.kept)
-    evals.append({"step": train_cfg.steps, "val_loss": final["loss"]})
+    evals.append(_eval_record(train_cfg.steps, final))
     if not finished_before:
-      log.write({"step": train_cfg.steps, "val_loss": final["loss"]})
+      log.write(_eval_record(train_cfg.steps, final))
     if ckpt.latest_step() != train_cfg.steps:
       ckpt.save(train_cfg.steps, state, data_iter.get_state(), config_dict)
     ckpt.wait()
@@ -337,5 +393,5 @@ def _train(model_cfg, train_cfg, mesh_cfg, *, train_source, val_batches, batch_s
         "tokens_per_step": tokens_per_step, "tokens": train_cfg.steps * tokens_per_step,
         "tokens_per_s": tokens_per_s, "resumed_from": start if resume else None,
         "seconds_this_session": round(time.perf_counter() - t_begin, 1)}, indent=2))
-  return {"state": state, "setup": s, "history": history, "evals": evals, "final": final,
-          "tokens_per_s": tokens_per_s}
+  return {"model": s.model(state.params), "state": state, "setup": s, "history": history,
+          "evals": evals, "final": final, "tokens_per_s": tokens_per_s}

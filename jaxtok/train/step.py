@@ -55,10 +55,11 @@ def train_step(graphdef, tx: optax.GradientTransformation, loss_fn: LossFn, stat
 
 
 def eval_step(graphdef, loss_fn: LossFn, params, batch: dict, key: jax.Array):
-  """The weighted mean loss and the per-position mean loss [T] (loss vs context)."""
+  """The weighted mean loss, the per-position mean loss [T] (loss vs context), the token count
+  and the loss's own metrics."""
   _, aux = loss_fn(graphdef, params, batch, key)
   w_BxT = aux.weights_BxT
   nll_BxT = aux.nll_BxT * w_BxT
   per_pos_T = nll_BxT.sum(0) / jnp.maximum(w_BxT.sum(0), 1.0)
   return {"loss": nll_BxT.sum() / jnp.maximum(w_BxT.sum(), 1.0), "loss_per_position": per_pos_T,
-          "tokens": w_BxT.sum()}
+          "tokens": w_BxT.sum(), "metrics": aux.metrics}

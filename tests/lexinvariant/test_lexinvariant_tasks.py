@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxtok import lexinvariant as lex
-from jaxtok import lexinvariant_tasks as tasks
+from jaxtok.lexinvariant import tasks
 from jaxtok.config import ConfigError
 from jaxtok.nn import ModelConfig, init_model
 from jaxtok.train.loop import split_params

@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from jaxtok import nar, nar_decode
+from jaxtok import nar
+from jaxtok.data.fields import CausalField, FieldSource
+from jaxtok.decode import Model
 from jaxtok.config import ConfigError
 from jaxtok.nn import ModelConfig, init_model
 
@@ -21,9 +22,9 @@ def test_schedule_2d_takes_2n_minus_1_steps(n):
   for s in range(2 * n - 1):
     rows, cols = np.unravel_index(idx_SxW[s][valid_SxW[s]], (n, n))
     assert np.all(rows + cols == s) and valid_SxW[s].sum() == min(s, 2 * n - 2 - s) + 1
-  assert nar_decode.forward_passes(nar.nar_order((n, n))) == 2 * n - 1
-  assert nar_decode.forward_passes(nar.raster_order((n, n))) == n * n
-  fed = [s for a, e, w in nar_decode.width_segments(nar.nar_order((n, n))) for s in range(a, e)
+  assert nar.forward_passes(nar.nar_order((n, n))) == 2 * n - 1
+  assert nar.forward_passes(nar.raster_order((n, n))) == n * n
+  fed = [s for a, e, w in nar.width_segments(nar.nar_order((n, n))) for s in range(a, e)
          if valid_SxW[s].sum() <= w <= n]
   assert fed == list(range(2 * n - 2))  # every fed step once, in order, in a block that fits
 
@@ -70,7 +71,7 @@ def test_mix_weights_average_available_neighbours():
 def _model(shape, vocab=10, **kw):
   cfg = nar.grid_model_config(shape, vocab, d_model=48, n_layers=2, n_heads=4, d_ff=64,
                               head_dim=12, init_std=0.3, **kw)
-  return nnx.split(init_model(cfg, 0), nnx.Param)
+  return Model.from_module(init_model(cfg, 0))
 
 
 def _tokens(order, b=3, seed=0, grid_vocab=8, cond=9):
@@ -82,11 +83,11 @@ def _tokens(order, b=3, seed=0, grid_vocab=8, cond=9):
 
 @pytest.mark.parametrize("shape,kind", [((4, 4), "nar"), ((2, 3, 3), "nar"), ((3, 3), "raster")])
 def test_cached_step_decoding_equals_teacher_forced_logits(shape, kind):
-  gd, params = _model(shape)
+  model = _model(shape)
   order = (nar.nar_order if kind == "nar" else nar.raster_order)(shape, 2)
   tokens = _tokens(order)
-  full = nar.grid_logits(gd, params, order, tokens, 8)
-  cached = nar_decode.cached_grid_logits(gd, params, order, tokens, 8)
+  full = nar.grid_logits(model, order, tokens, 8)
+  cached = nar.cached_grid_logits(model, order, tokens, 8)
   assert float(jnp.std(full)) > 0.1  # a model whose logits are far from uniform
   np.testing.assert_allclose(np.asarray(cached), np.asarray(full), atol=1e-4)
 
@@ -94,32 +95,32 @@ def test_cached_step_decoding_equals_teacher_forced_logits(shape, kind):
 def test_targets_see_only_earlier_steps():
   """Changing every token at step >= d leaves the logits of step-d targets unchanged."""
   shape = (4, 4)
-  gd, params = _model(shape)
+  model = _model(shape)
   order = nar.nar_order(shape, 1)
   a, b = _tokens(order, 1, seed=1), _tokens(order, 1, seed=2)
   steps_N = order.step_L[1:]
   for d in (1, 3, 5):
     mixed = jnp.where(jnp.asarray(order.step_L >= d)[None], b, a)
-    la = nar.grid_logits(gd, params, order, a, 8)[0, steps_N == d]
-    lb = nar.grid_logits(gd, params, order, mixed, 8)[0, steps_N == d]
+    la = nar.grid_logits(model, order, a, 8)[0, steps_N == d]
+    lb = nar.grid_logits(model, order, mixed, 8)[0, steps_N == d]
     np.testing.assert_allclose(np.asarray(la), np.asarray(lb), atol=1e-5)
-    assert not np.allclose(nar.grid_logits(gd, params, order, mixed, 8)[0, steps_N == d + 1],
-                           nar.grid_logits(gd, params, order, a, 8)[0, steps_N == d + 1])
+    assert not np.allclose(nar.grid_logits(model, order, mixed, 8)[0, steps_N == d + 1],
+                           nar.grid_logits(model, order, a, 8)[0, steps_N == d + 1])
 
 
 def test_greedy_guided_generation_is_the_argmax_of_teacher_forced_guided_logits():
   shape = (3, 4)
-  gd, params = _model(shape)
+  model = _model(shape)
   order = nar.nar_order(shape, 1)
   cond = jnp.array([[9], [8]], jnp.int32)
-  grid = nar_decode.generate_grid(gd, params, order, cond, jax.random.key(0), grid_vocab=8,
+  grid = nar.generate_grid(model, order, cond, jax.random.key(0), grid_vocab=8,
                                   temperature=0.0, cfg_scale=2.0, null_cond=8)
-  with_cond = nar.grid_logits(gd, params, order, jnp.concatenate([cond, grid], 1), 8)
-  with_null = nar.grid_logits(gd, params, order, jnp.concatenate([jnp.full_like(cond, 8), grid],
+  with_cond = nar.grid_logits(model, order, jnp.concatenate([cond, grid], 1), 8)
+  with_null = nar.grid_logits(model, order, jnp.concatenate([jnp.full_like(cond, 8), grid],
                                                                  1), 8)
   guided = with_null + 2.0 * (with_cond - with_null)
   np.testing.assert_array_equal(np.asarray(grid), np.asarray(jnp.argmax(guided, -1)))
-  again = nar_decode.nar_generate(gd, params, shape, cond, jax.random.key(1), grid_vocab=8,
+  again = nar.nar_generate(model, shape, cond, jax.random.key(1), grid_vocab=8,
                                   temperature=0.0, cfg_scale=2.0, null_cond=8)
   np.testing.assert_array_equal(np.asarray(again), np.asarray(grid))
 
@@ -129,20 +130,20 @@ def test_bad_inputs_raise_naming_the_argument():
     nar.nar_order((3, 3), 0)
   with pytest.raises(ConfigError, match="shape"):
     nar.nar_order((3, 0))
-  gd, params = _model((3, 3))
+  model = _model((3, 3))
   order = nar.nar_order((3, 3))
   with pytest.raises(ValueError, match="tokens_BxL"):
-    nar.grid_logits(gd, params, order, jnp.zeros((1, 5), jnp.int32), 8)
+    nar.grid_logits(model, order, jnp.zeros((1, 5), jnp.int32), 8)
   with pytest.raises(ValueError, match="cond_BxC"):
-    nar_decode.generate_grid(gd, params, order, jnp.full((1, 1), 10), jax.random.key(0),
+    nar.generate_grid(model, order, jnp.full((1, 1), 10), jax.random.key(0),
                              grid_vocab=8)
   with pytest.raises(ConfigError, match="null_cond"):
-    nar_decode.generate_grid(gd, params, order, jnp.full((1, 1), 9), jax.random.key(0),
+    nar.generate_grid(model, order, jnp.full((1, 1), 9), jax.random.key(0),
                              grid_vocab=8, cfg_scale=2.0)
   plain = ModelConfig(vocab_size=10, d_model=32, n_layers=1, n_heads=2, d_ff=32, rope_axes=2)
-  gd1, p1 = nnx.split(init_model(plain, 0), nnx.Param)
+  plain_model = Model.from_module(init_model(plain, 0))
   with pytest.raises(ValueError, match="extra_heads"):
-    nar.grid_logits(gd1, p1, order, _tokens(order, 1), 8)
+    nar.grid_logits(plain_model, order, _tokens(order, 1), 8)
 
 
 def _all_grids(n, v):
@@ -151,7 +152,7 @@ def _all_grids(n, v):
 
 @pytest.mark.parametrize("same_diagonal", [False, True])
 def test_field_likelihoods_are_exact_distributions(same_diagonal):
-  field = nar.CausalField(3, 2, seed=3, alpha=0.5, same_diagonal=same_diagonal)
+  field = CausalField(3, 2, seed=3, alpha=0.5, same_diagonal=same_diagonal)
   x_MxN = _all_grids(3, 2)
   p_M = np.exp(field.log_prob(x_MxN))
   np.testing.assert_allclose(p_M.sum(), 1.0, atol=1e-12)
@@ -179,8 +180,8 @@ def test_field_likelihoods_are_exact_distributions(same_diagonal):
 
 
 def test_field_source_is_seeded_and_feeds_grid_examples():
-  field = nar.CausalField(4, 3, seed=0)
-  src = nar.FieldSource(field, seed=5, cond_id=3)
+  field = CausalField(4, 3, seed=0)
+  src = FieldSource(field, seed=5, cond_id=3)
   a, b = src[7], src[7]
   np.testing.assert_array_equal(a["grid"], b["grid"])
   row = nar.to_grid_example(a)

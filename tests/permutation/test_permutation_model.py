@@ -8,10 +8,10 @@ import pytest
 from flax import nnx
 
 from jaxtok import permutation as pm
+from jaxtok.decode import Model
 from jaxtok.nn import ModelConfig, init_model, masks
 from jaxtok.nn.transformer import default_positions, forward
-from jaxtok.permutation_model import (VectorModel, hand_construction, vector_forward,
-                                      vector_loss)
+from jaxtok.permutation import VectorModel, hand_construction, vector_forward, vector_loss
 from jaxtok.train.config import TrainConfig
 from jaxtok.train.step import TrainState, make_optimizer, train_step
 
@@ -24,13 +24,13 @@ def _batch(variant, m, size=512, seed=0):
   return {k: jnp.asarray(v) for k, v in b.items() if k != "perm"}
 
 
-# One compile per input shape: the graphdef is static, the parameters and batch are traced.
-_loss = jax.jit(lambda g, p, b: vector_loss(g, p, b, None)[0], static_argnums=0)
-_forward = jax.jit(vector_forward, static_argnums=0)
+# One compile per model definition and input shape: a Model's parameters are its only leaves.
+_loss = jax.jit(lambda m, b: vector_loss(m.graphdef, m.params, b, None)[0])
+_forward = jax.jit(lambda m, x, mask: vector_forward(m.graphdef, m.params, x, mask))
 
 
 def _sse(model, batch):
-  return float(_loss(*nnx.split(model, nnx.Param), batch))
+  return float(_loss(Model.from_module(model), batch))
 
 
 @pytest.mark.parametrize("variant,m", [("unmasked", 0), ("scratch", N), ("scratch", 2 * N)])
@@ -49,10 +49,10 @@ def test_hand_construction_under_causal_mask_stays_above_bound():
 @pytest.mark.parametrize("m", [N])
 def test_lemma1_vector_model_bit_exact(m):
   t = 2 * N + m
-  g, p = nnx.split(VectorModel(N, t, init_std=0.3, seed=1), nnx.Param)
+  model = Model.from_module(VectorModel(N, t, init_std=0.3, seed=1))
   x = jnp.asarray(pm.vector_batch(np.random.default_rng(0), 4, N, n_scratch=m)["x"])
   causal = jnp.asarray(pm.mask_for("causal", N, m, 4))
-  apply = lambda x: _forward(g, p, x, causal)
+  apply = lambda x: _forward(model, x, causal)
   for t_cut in (N - 1, t - 2):
     x2 = pm.perturb_rows_after(jax.random.key(t_cut), x, t_cut)
     assert pm.lemma1_violation(apply, x, x2, t_cut) == 0.0
@@ -60,7 +60,7 @@ def test_lemma1_vector_model_bit_exact(m):
     assert float(jnp.max(jnp.abs(apply(x)[:, t_cut + 1:] - apply(x2)[:, t_cut + 1:]))) > 0
   unmasked = jnp.asarray(pm.mask_for("unmasked", N, m, 4))
   x2 = pm.perturb_rows_after(jax.random.key(9), x, N)
-  assert pm.lemma1_violation(lambda x: _forward(g, p, x, unmasked), x, x2, N) > 0
+  assert pm.lemma1_violation(lambda x: _forward(model, x, unmasked), x, x2, N) > 0
 
 
 def test_lemma1_transformer_bit_exact():

@@ -19,7 +19,7 @@ from jaxtok.data.sources import TokenWindows
 from jaxtok.nn import ModelConfig
 from jaxtok.sharding import MeshConfig
 from jaxtok.train.config import TrainConfig
-from jaxtok.train.loop import train
+from jaxtok.train.loop import train, transformer_factory
 
 TINY = ["model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.n_layers=1",
         "model.max_len=32", "data.seq_len=32", "data.batch_size=4",
@@ -129,8 +129,8 @@ def _train_tiny(tmp_path, source, steps=3, resume=False, train_kw=None, model_kw
                     **(train_kw or {}))
   val = val or [{"inputs": np.zeros((2, 8), np.int32), "targets": np.zeros((2, 8), np.int32),
                  "weights": np.ones((2, 8), np.float32)}]
-  return train(model, cfg, MeshConfig(data=1), train_source=source, val_batches=val,
-               batch_size=2, out_dir=tmp_path, config_dict={"model": {"d": 16}, **kw},
+  return train(transformer_factory(model), cfg, MeshConfig(data=1), train_source=source,
+               val_batches=val, batch_size=2, out_dir=tmp_path, config_dict={"model": {"d": 16}, **kw},
                resume=resume)
 
 
