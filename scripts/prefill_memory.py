@@ -23,19 +23,20 @@ def main() -> None:
   import jax.numpy as jnp
 
   from jaxtok import cache as cache_lib
+  from jaxtok.decode import extend
   from jaxtok.models import load
-  from jaxtok.nn import forward, masks
+  from jaxtok.nn import masks
 
   model = load(args.model, dtype="float32")
-  g, params, cfg = model.graphdef, model.params, model.cfg
+  params, cfg = model.params, model.cfg
   t = args.prompt_len
 
   def prefill(params, prompt_1xT):
-    mask = masks.causal(t, 1) if args.dense else None
-    out = forward(g, params, prompt_1xT, jnp.arange(t)[None], mask,
-                  cache=cache_lib.init_cache(cfg, 1, t), fresh_cache=True,
-                  logits_at_BxN=jnp.array([[t - 1]]))
-    return out.logits, cache_lib.commit(out.cache, jnp.array([t]))
+    mask = masks.causal(t, 1) if args.dense else masks.CAUSAL
+    out, cache = extend(model.with_params(params), cache_lib.init_cache(cfg, 1, t), prompt_1xT,
+                        jnp.arange(t)[None], mask, commit_B=jnp.array([t]), fresh=True,
+                        logits_at_BxN=jnp.array([[t - 1]]))
+    return out.logits, cache
 
   prompt = jnp.asarray(jax.random.randint(jax.random.key(0), (1, t), 100, cfg.vocab_size))
   compiled = jax.jit(prefill).lower(params, prompt).compile()

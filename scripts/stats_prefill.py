@@ -67,13 +67,12 @@ def main() -> None:
 
   from jaxtok import kvcompress as kc
   from jaxtok.cache import init_cache
-  from jaxtok.decode import prefill
+  from jaxtok.decode import extend, prefill
   from jaxtok.models import load
-  from jaxtok.nn import forward
 
   before = None if args.before_rev is None else _module_at(args.before_rev)
   model = load(args.model, dtype="float32")
-  g, params, cfg = model.graphdef, model.params, model.cfg
+  params, cfg = model.params, model.cfg
   rows = []
   for t in [int(x) for x in args.prompt_len.split(",")]:
     tokens = jax.random.randint(jax.random.key(0), (1, t), 100, cfg.vocab_size)
@@ -81,23 +80,24 @@ def main() -> None:
     pos = jnp.arange(t, dtype=jnp.int32)[None]
 
     def plain(pr, x):
-      return prefill(g, pr, init_cache(cfg, 1, t), x, lens)
+      return prefill(model.with_params(pr), init_cache(cfg, 1, t), x, lens)
 
     def make_stats():
       # A new function object per variant: jit caches traces by function, and the variants
       # differ only in the attention module patched in while tracing.
       def stats(pr, x):
-        out = forward(g, pr, x, pos, cache=init_cache(cfg, 1, t), fresh_cache=True,
-                      return_stats=True, logits_at_BxN=jnp.array([[t - 1]]))
-        return out.logits, out.cache, out.stats
+        out, cache = extend(model.with_params(pr), init_cache(cfg, 1, t), x, pos, fresh=True,
+                            return_stats=True, logits_at_BxN=jnp.array([[t - 1]]))
+        return out.logits, cache, out.stats
       return stats
 
     variants = {"plain_s": (plain, None), "stats_s": (make_stats(), None)}
     if before is not None:
       variants["stats_before_s"] = (make_stats(), before)
     if args.observe:
-      variants["observe_s"] = (lambda pr, x: kc.observe(g, pr, init_cache(cfg, 1, t), x,
-                                                        args.window), None)
+      variants["observe_s"] = (lambda pr, x: kc.observe(model.with_params(pr),
+                                                        init_cache(cfg, 1, t), x, args.window),
+                               None)
     compiled, flops = {}, {}
     for name, (fn, mod) in variants.items():
       with _patched(mod):
