@@ -38,7 +38,7 @@ class Regressor(nnx.Module):
 
 def regression_loss(graphdef, params, batch, key):
   del key
-  err_B = nnx.merge(graphdef, params)(batch["x"]) - batch["y"]
+  err_B = nnx.merge(graphdef, params)(batch["x"]) - batch["y"][:, 0]
   se_Bx1 = jnp.square(err_B)[:, None]
   return jnp.mean(se_Bx1), LossAux(nll_BxT=se_Bx1, weights_BxT=jnp.ones_like(se_Bx1),
                                    metrics={"max_abs_err": jnp.max(jnp.abs(err_B))})
@@ -50,15 +50,17 @@ class LinearSource(SeededSource):
 
   def generate(self, rng):
     x = rng.normal(size=4).astype(np.float32)
-    return {"x": x, "y": np.float32(x @ np.arange(1.0, 5.0))}
+    return {"x": x, "y": np.asarray([x @ np.arange(1.0, 5.0)], np.float32)}  # batches: rank >= 2
 
 
-VAL = [{"x": np.eye(4, dtype=np.float32), "y": np.arange(1.0, 5.0, dtype=np.float32)}]
+VAL = [{"x": np.eye(4, dtype=np.float32), "y": np.arange(1.0, 5.0, dtype=np.float32)[:, None]}]
 
 
 def _fit(out_dir, steps, resume=False):
-  cfg = TrainConfig(steps=steps, lr=0.05, warmup_steps=1, progress=False, eval_every=2,
-                    log_every=1, ckpt_every=2)
+  # min_lr_ratio=1: a constant rate after warm-up, so a 4-step run is the first 4 steps of a
+  # 6-step one (cosine decay would depend on train.steps).
+  cfg = TrainConfig(steps=steps, lr=0.05, warmup_steps=1, min_lr_ratio=1.0, progress=False,
+                    eval_every=2, log_every=1, ckpt_every=2)
   return train(lambda seed: Regressor(RegCfg(), seed), cfg, MeshConfig(data=1),
                train_source=LinearSource(0), val_batches=VAL, batch_size=8, out_dir=out_dir,
                config_dict={"run": "regressor"}, resume=resume, loss_fn=regression_loss,
