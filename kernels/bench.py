@@ -48,7 +48,7 @@ def _accelerator_rows(iters: int, dtype_name: str, cases=_CASES) -> list[dict]:
   """Kernel (implementation="pallas") vs reference on each case: times, bandwidth, error."""
   import jax
   import jax.numpy as jnp
-  from jaxtok_kernels import common
+  from jaxtok_kernels.numerics import tolerance
   from jaxtok_kernels.tree_attention import tree_attention, tree_attention_reference
 
   dtype = jnp.dtype(dtype_name)
@@ -69,14 +69,14 @@ def _accelerator_rows(iters: int, dtype_name: str, cases=_CASES) -> list[dict]:
                      reference_ms=round(t_ref * 1e3, 4), speedup=round(t_ref / t_kernel, 2),
                      mbytes=round(moved / 1e6, 3), gbps=round(bw / 1e9, 1),
                      frac_peak=None if peak is None else round(bw / peak, 3), max_err=err,
-                     ok=err <= common.tolerance(dtype, int(s * live) + t)))
+                     ok=err <= tolerance(dtype, int(s * live) + t)))
   return rows
 
 
 def _cpu_rows() -> list[dict]:
   import jax
   import jax.numpy as jnp
-  from jaxtok_kernels import common
+  from jaxtok_kernels.numerics import tolerance
   from jaxtok_kernels.tree_attention import (GpuConfig, TpuConfig, tree_attention_gpu,
                                              tree_attention_reference, tree_attention_tpu)
   rows = []
@@ -86,7 +86,7 @@ def _cpu_rows() -> list[dict]:
     config = (TpuConfig if fn is tree_attention_tpu else GpuConfig)(block_s=16)
     err = float(jnp.max(jnp.abs(fn(*args, config=config, interpret=True) - ref)))
     rows.append(dict(kernel="tree_attention", case=f"{name} B2 T5 H4/K2 S40 Dh16",
-                     dtype="float32", max_err=err, ok=err <= common.tolerance(jnp.float32, 29)))
+                     dtype="float32", max_err=err, ok=err <= tolerance(jnp.float32, 29)))
   return rows
 
 
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--iters", type=int, default=20)
   parser.add_argument("--dtype", default="bfloat16")
   args = parser.parse_args(argv)
-  from jaxtok_kernels import common
-  platform = common.backend()
+  from jaxtok_kernels import dispatch
+  platform = dispatch.backend()
   if platform in ("tpu", "gpu"):
     import jax
     # float32 means float32: without this, GPU matmuls of both sides would run in TF32.

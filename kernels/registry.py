@@ -19,6 +19,23 @@ class Case:
   options: tuple[tuple[str, object], ...] = ()  # static keyword arguments of the entry point
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Shape:
+  """A representative shape (the legend of DESIGN.md): B rows, T new tokens (queries), H query
+  heads, K kv heads, S cache slots, Dh head dim; T and H are None for kernels without queries."""
+  label: str
+  b: int
+  k: int
+  s: int
+  dh: int
+  t: int | None = None
+  h: int | None = None
+
+  @property
+  def name(self) -> str:
+    return f"{self.label} B{self.b} T{self.t} H{self.h}/K{self.k} S{self.s} Dh{self.dh}"
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
   name: str
@@ -31,40 +48,40 @@ def _tree_attention_entry(family: str):
   return {"tpu": tree_attention_tpu, "gpu": tree_attention_gpu}[family]
 
 
-# (label, B, T, H, K, S, Dh): decode, tree verification, chunked prefill; GQA groups 1/3/4/8.
+# Decode, tree verification, chunked prefill; GQA groups 1/3/4/8.
 # Every shape but "verify" also compiles with the softmax residuals (attention statistics)
 # requested. "verify": speculative verification of an N-node draft tree under its ancestor mask
 # over a SmolLM2-135M cache (9/3 heads, Dh 64; context 8192), N = 16/32/64/80 (80: Token
 # Recycling's static tree, arXiv 2408.08696, not a power of two: the GPU kernel pads it to 128);
 # the verify forward asks for no attention statistics, so no +lse variants.
 _TREE_SHAPES = [
-    ("decode", 8, 1, 32, 8, 4096, 128),
-    ("decode", 4, 1, 8, 8, 1024, 64),
-    ("tree", 2, 64, 8, 2, 1024, 128),
-    ("tree", 2, 64, 16, 2, 4096, 64),
-    ("tree", 1, 128, 32, 8, 4096, 128),
-    ("prefill", 1, 128, 8, 8, 4096, 64),
-    ("decode", 8, 1, 9, 3, 8192, 64),  # SmolLM2-135M: GQA group 3
-    ("verify", 1, 16, 9, 3, 8192, 64),
-    ("verify", 8, 32, 9, 3, 2048, 64),
-    ("verify", 1, 64, 9, 3, 8192, 64),
-    ("verify", 8, 80, 9, 3, 2048, 64),
-    ("verify", 1, 80, 9, 3, 8192, 64),
+    Shape(label="decode", b=8, t=1, h=32, k=8, s=4096, dh=128),
+    Shape(label="decode", b=4, t=1, h=8, k=8, s=1024, dh=64),
+    Shape(label="tree", b=2, t=64, h=8, k=2, s=1024, dh=128),
+    Shape(label="tree", b=2, t=64, h=16, k=2, s=4096, dh=64),
+    Shape(label="tree", b=1, t=128, h=32, k=8, s=4096, dh=128),
+    Shape(label="prefill", b=1, t=128, h=8, k=8, s=4096, dh=64),
+    Shape(label="decode", b=8, t=1, h=9, k=3, s=8192, dh=64),  # SmolLM2-135M: GQA group 3
+    Shape(label="verify", b=1, t=16, h=9, k=3, s=8192, dh=64),
+    Shape(label="verify", b=8, t=32, h=9, k=3, s=2048, dh=64),
+    Shape(label="verify", b=1, t=64, h=9, k=3, s=8192, dh=64),
+    Shape(label="verify", b=8, t=80, h=9, k=3, s=2048, dh=64),
+    Shape(label="verify", b=1, t=80, h=9, k=3, s=8192, dh=64),
 ]
 
 
 def _tree_attention_cases(dtypes: list[str]) -> list[Case]:
   cases = []
-  for label, b, t, h, k, s, dh in _TREE_SHAPES:
+  for sh in _TREE_SHAPES:
+    b, t, h, k, s, dh = sh.b, sh.t, sh.h, sh.k, sh.s, sh.dh
     for dt in dtypes:
       # The cache is kv-head-major [B, K, S, Dh] with a length per (row, kv head), as
       # jaxtok.cache stores it.
       args = (((b, t, h, dh), dt), ((b, k, s, dh), dt), ((b, k, s, dh), dt), ((b, k), "int32"),
               ((b, t, k, dh), dt), ((b, t, k, dh), dt), ((b, t, t), "bool"))
-      name = f"{label} B{b} T{t} H{h}/K{k} S{s} Dh{dh}"
-      cases.append(Case(name, args))
-      if label != "verify":
-        cases.append(Case(f"{name} +lse", args, (("return_residuals", True),)))
+      cases.append(Case(sh.name, args))
+      if sh.label != "verify":
+        cases.append(Case(f"{sh.name} +lse", args, (("return_residuals", True),)))
   return cases
 
 
@@ -73,17 +90,21 @@ def _kvcompress_merge_entry(family: str):
   return {"tpu": merge_slots_tpu, "gpu": merge_slots_gpu}[family]
 
 
-# (B, K, S, Dh): compression plans applied to SmolLM2-shaped and larger caches (S ragged too).
-_MERGE_SHAPES = [(1, 3, 8192, 64), (8, 3, 2048, 64), (4, 8, 4096, 128), (2, 2, 1000, 64)]
+# Compression plans applied to SmolLM2-shaped and larger caches (S ragged too).
+_MERGE_SHAPES = [Shape(label="merge", b=1, k=3, s=8192, dh=64),
+                 Shape(label="merge", b=8, k=3, s=2048, dh=64),
+                 Shape(label="merge", b=4, k=8, s=4096, dh=128),
+                 Shape(label="merge", b=2, k=2, s=1000, dh=64)]
 
 
 def _kvcompress_merge_cases(dtypes: list[str]) -> list[Case]:
   cases = []
-  for b, k, s, dh in _MERGE_SHAPES:
+  for sh in _MERGE_SHAPES:
+    b, k, s, dh = sh.b, sh.k, sh.s, sh.dh
     for dt in dtypes:
       args = (((b, k, s, dh), dt), ((b, k, s, dh), dt), ((b, k, s), "float32"),
               ((b, k, s), "int32"))
-      cases.append(Case(f"merge B{b} K{k} S{s} Dh{dh}", args))
+      cases.append(Case(f"{sh.label} B{b} K{k} S{s} Dh{dh}", args))
   return cases
 
 
@@ -92,20 +113,23 @@ def _attn_stats_entry(family: str):
   return {"tpu": attn_stats_tpu, "gpu": attn_stats_gpu}[family]
 
 
-# (label, B, T, H, K, S, Dh): SmolLM2 prefills (GQA 3, the prompt's own slots, T = S), the
-# observation window over a long cache, a ragged T and S, Dh 128 with GQA 4.
-_STATS_SHAPES = [("prefill", 1, 2048, 9, 3, 2048, 64), ("prefill", 1, 8192, 9, 3, 8192, 64),
-                 ("window", 8, 32, 9, 3, 8192, 64), ("ragged", 2, 500, 8, 2, 1000, 64),
-                 ("prefill", 2, 1024, 32, 8, 4096, 128)]
+# SmolLM2 prefills (GQA 3, the prompt's own slots, T = S), the observation window over a long
+# cache, a ragged T and S, Dh 128 with GQA 4.
+_STATS_SHAPES = [Shape(label="prefill", b=1, t=2048, h=9, k=3, s=2048, dh=64),
+                 Shape(label="prefill", b=1, t=8192, h=9, k=3, s=8192, dh=64),
+                 Shape(label="window", b=8, t=32, h=9, k=3, s=8192, dh=64),
+                 Shape(label="ragged", b=2, t=500, h=8, k=2, s=1000, dh=64),
+                 Shape(label="prefill", b=2, t=1024, h=32, k=8, s=4096, dh=128)]
 
 
 def _attn_stats_cases(dtypes: list[str]) -> list[Case]:
   cases = []
-  for label, b, t, h, k, s, dh in _STATS_SHAPES:
+  for sh in _STATS_SHAPES:
+    b, t, h, k, s, dh = sh.b, sh.t, sh.h, sh.k, sh.s, sh.dh
     for dt in dtypes:
       args = (((b, t, h, dh), dt), ((b, k, s, dh), dt), ((b, k), "int32"), ((b, t, h), "float32"),
               ((b, t), "bool"))
-      cases.append(Case(f"stats {label} B{b} T{t} H{h}/K{k} S{s} Dh{dh}", args))
+      cases.append(Case(f"stats {sh.name}", args))
   return cases
 
 
@@ -114,19 +138,21 @@ def _selected_attention_entry(family: str):
   return {"tpu": selected_attention_tpu, "gpu": selected_attention_gpu}[family]
 
 
-# (B, T, H, K, S, Dh): SentenceKV decoding over SmolLM2-shaped and larger caches, a short
-# block (T = 4), a ragged S.
-_SELECTED_SHAPES = [(8, 1, 9, 3, 8192, 64), (4, 1, 32, 8, 4096, 128), (2, 4, 8, 2, 2048, 128),
-                    (1, 1, 9, 3, 1000, 64)]
+# SentenceKV decoding over SmolLM2-shaped and larger caches, a short block (T = 4), a ragged S.
+_SELECTED_SHAPES = [Shape(label="selected", b=8, t=1, h=9, k=3, s=8192, dh=64),
+                    Shape(label="selected", b=4, t=1, h=32, k=8, s=4096, dh=128),
+                    Shape(label="selected", b=2, t=4, h=8, k=2, s=2048, dh=128),
+                    Shape(label="selected", b=1, t=1, h=9, k=3, s=1000, dh=64)]
 
 
 def _selected_attention_cases(dtypes: list[str]) -> list[Case]:
   cases = []
-  for b, t, h, k, s, dh in _SELECTED_SHAPES:
+  for sh in _SELECTED_SHAPES:
+    b, t, h, k, s, dh = sh.b, sh.t, sh.h, sh.k, sh.s, sh.dh
     for dt in dtypes:
       args = (((b, t, h, dh), dt), ((b, k, s, dh), dt), ((b, k, s, dh), dt), ((b, k, s), "bool"),
               ((b, t, k, dh), dt), ((b, t, k, dh), dt), ((b, t, t), "bool"))
-      cases.append(Case(f"selected B{b} T{t} H{h}/K{k} S{s} Dh{dh}", args))
+      cases.append(Case(sh.name, args))
   return cases
 
 

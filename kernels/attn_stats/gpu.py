@@ -20,7 +20,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from jaxtok_kernels import common
+from jaxtok_kernels import tiling
 from jaxtok_kernels.attn_stats import layout
 
 
@@ -32,8 +32,8 @@ class GpuConfig:
   num_stages: int = 2
 
   def __post_init__(self):
-    common.validate_pow2("GpuConfig.block_t", self.block_t, common.TRITON_MIN_DOT)
-    common.validate_pow2("GpuConfig.block_s", self.block_s, common.TRITON_MIN_DOT)
+    tiling.validate_pow2("GpuConfig.block_t", self.block_t, tiling.TRITON_MIN_DOT)
+    tiling.validate_pow2("GpuConfig.block_s", self.block_s, tiling.TRITON_MIN_DOT)
 
 
 def _kernel(start_ref, last_ref, q_ref, lse_ref, k_ref, sum_ref, last_out_ref, *, groups, t,
@@ -72,22 +72,23 @@ def _kernel(start_ref, last_ref, q_ref, lse_ref, k_ref, sum_ref, last_out_ref, *
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
-def attn_stats_gpu(q_BxTxHxDh, k_BxKxSxDh, start_BxK, lse_BxTxH, query_valid_BxT, *,
-                   config: GpuConfig = GpuConfig(), interpret: bool = False):
-  """Triton entry point, causal block; same contract as attn_stats_reference(mask=None)."""
+def attn_stats_gpu(q_BxTxHxDh, k_BxKxSxDh, start_BxK, lse_BxTxH, query_valid_BxT,
+                   block_mask_BxTxT=None, *, config: GpuConfig = GpuConfig(),
+                   interpret: bool = False):
+  """Triton entry point, causal block only; same contract as attn_stats_reference."""
+  layout.require_causal(block_mask_BxTxT)
   b, t, h, dh = q_BxTxHxDh.shape
   kv, s = k_BxKxSxDh.shape[1:3]
   g = h // kv
-  if not common.is_pow2(dh) or dh < common.TRITON_MIN_DOT:
-    raise NotImplementedError(f"attn_stats_gpu: head dim {dh} must be a power of two >= "
-                              f"{common.TRITON_MIN_DOT} (Triton)")
+  tiling.require_triton_head_dim("attn_stats_gpu", dh)
   block_t, block_s = config.block_t, config.block_s
-  t_pad = common.round_up(t, block_t)
-  s_pad = common.round_up(s, block_s)
-  q_f, lse_f, start_f, last_B = layout.kernel_operands(q_BxTxHxDh, start_BxK, lse_BxTxH,
-                                                       query_valid_BxT, kv, s, t_pad)
-  q_f = q_f.astype(k_BxKxSxDh.dtype).reshape(b, kv, g * t_pad, dh)  # rows g * Tp + t
-  lse_f = lse_f.reshape(b, kv, g * t_pad)
+  t_pad = tiling.round_up(t, block_t)
+  s_pad = tiling.round_up(s, block_s)
+  q_BxKxGxTpxDh, lse_BxKxGxTp, clipped_start_BxK, last_B = layout.kernel_operands(
+      q_BxTxHxDh, k_BxKxSxDh, start_BxK, lse_BxTxH, query_valid_BxT, t_pad)
+  # Rows g * Tp + t: one [G * Tp, Dh] matrix per (row, kv head).
+  q_BxKxRxDh = q_BxKxGxTpxDh.reshape(b, kv, g * t_pad, dh)
+  lse_BxKxR = lse_BxKxGxTp.reshape(b, kv, g * t_pad)
   last_BxK = jnp.broadcast_to(last_B[:, None], (b, kv))
   scalar = pl.BlockSpec((None, None), lambda bi, ki, j: (bi, ki))
   out = pl.BlockSpec((None, None, block_s), lambda bi, ki, j: (bi, ki, j))
@@ -104,5 +105,5 @@ def attn_stats_gpu(q_BxTxHxDh, k_BxKxSxDh, start_BxK, lse_BxTxH, query_valid_BxT
       compiler_params=pl_triton.CompilerParams(num_warps=config.num_warps,
                                                num_stages=config.num_stages),
       interpret=interpret, name="attn_stats_gpu",
-  )(start_f, last_BxK, q_f, lse_f, k_BxKxSxDh)
+  )(clipped_start_BxK, last_BxK, q_BxKxRxDh, lse_BxKxR, k_BxKxSxDh)
   return sums[..., :s], lasts[..., :s]

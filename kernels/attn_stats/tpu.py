@@ -28,7 +28,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxtok_kernels import common
+from jaxtok_kernels import tiling
 from jaxtok_kernels.attn_stats import layout
 
 DEFAULT_BLOCK_T = 256
@@ -46,19 +46,19 @@ class TpuConfig:
     for name in ("block_t", "block_s"):
       value = getattr(self, name)
       if value is not None and value < 1:
-        raise common.BlockSizeError(f"TpuConfig.{name} must be >= 1, got {value}")
+        raise tiling.BlockSizeError(f"TpuConfig.{name} must be >= 1, got {value}")
 
 
 def plan(t: int, s: int, head_dim: int, config: TpuConfig):
   """Static tiling (Tp, block_t, block_s); BlockSizeError on an illegal block."""
-  block_t = config.block_t or min(common.round_up(t, common.TPU_SUBLANES), DEFAULT_BLOCK_T)
-  if block_t % common.TPU_SUBLANES:
-    raise common.BlockSizeError(f"TpuConfig.block_t = {block_t} must be a multiple of "
-                                f"{common.TPU_SUBLANES} (TPU sublanes)")
+  block_t = config.block_t or min(tiling.round_up(t, tiling.TPU_SUBLANES), DEFAULT_BLOCK_T)
+  if block_t % tiling.TPU_SUBLANES:
+    raise tiling.BlockSizeError(f"TpuConfig.block_t = {block_t} must be a multiple of "
+                                f"{tiling.TPU_SUBLANES} (TPU sublanes)")
   block_s = config.block_s or (s if s <= DEFAULT_BLOCK_S else DEFAULT_BLOCK_S)
-  common.validate_tpu_block("k_BxKxSxDh block (block_s, Dh)", (block_s, head_dim), (s, head_dim))
-  common.validate_tpu_block("sum_BxKx1xS block (1, block_s)", (1, block_s), (1, s))
-  return common.round_up(t, block_t), block_t, block_s
+  tiling.validate_tpu_block("k_BxKxSxDh block (block_s, Dh)", (block_s, head_dim), (s, head_dim))
+  tiling.validate_tpu_block("sum_BxKx1xS block (1, block_s)", (1, block_s), (1, s))
+  return tiling.round_up(t, block_t), block_t, block_s
 
 
 def _first_query_block(j, start, block_s: int, block_t: int):
@@ -102,19 +102,19 @@ def _kernel(start_ref, last_ref, q_ref, lse_ref, k_ref, sum_ref, last_out_ref, *
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
-def attn_stats_tpu(q_BxTxHxDh, k_BxKxSxDh, start_BxK, lse_BxTxH, query_valid_BxT, *,
-                   config: TpuConfig = TpuConfig(), interpret: bool = False):
-  """Mosaic entry point, causal block; same contract as attn_stats_reference(mask=None)."""
+def attn_stats_tpu(q_BxTxHxDh, k_BxKxSxDh, start_BxK, lse_BxTxH, query_valid_BxT,
+                   block_mask_BxTxT=None, *, config: TpuConfig = TpuConfig(),
+                   interpret: bool = False):
+  """Mosaic entry point, causal block only; same contract as attn_stats_reference."""
+  layout.require_causal(block_mask_BxTxT)
   b, t, h, dh = q_BxTxHxDh.shape
   kv, s = k_BxKxSxDh.shape[1:3]
   g = h // kv
   t_pad, block_t, block_s = plan(t, s, dh, config)
-  n_t, n_s = t_pad // block_t, common.cdiv(s, block_s)
-  q_f, lse_f, start_f, last_B = layout.kernel_operands(q_BxTxHxDh, start_BxK, lse_BxTxH,
-                                                       query_valid_BxT, kv, s, t_pad)
-  q_f = q_f.astype(k_BxKxSxDh.dtype)  # products in the cache dtype, as the reference's keys
-  lse_f = lse_f[..., None]  # [B, K, G, Tp, 1]: a column per query row
-  start_flat = start_f.reshape(b * kv)  # 1-D in SMEM (a 2-D SMEM array pads to 128 lanes)
+  n_t, n_s = t_pad // block_t, tiling.cdiv(s, block_s)
+  q_BxKxGxTpxDh, lse_BxKxGxTp, clipped_start_BxK, last_B = layout.kernel_operands(
+      q_BxTxHxDh, k_BxKxSxDh, start_BxK, lse_BxTxH, query_valid_BxT, t_pad)
+  start_flat = clipped_start_BxK.reshape(b * kv)  # 1-D in SMEM: a 2-D SMEM array pads to 128 lanes.
 
   def query_index(bi, ki, j, i, start_ref, _):
     # Query blocks that see nothing of key block j repeat the first one that does: no DMA.
@@ -126,6 +126,7 @@ def attn_stats_tpu(q_BxTxHxDh, k_BxKxSxDh, start_BxK, lse_BxTxH, query_valid_BxT
       num_scalar_prefetch=2,
       grid=(b, kv, n_s, n_t),
       in_specs=[pl.BlockSpec((None, None, g, block_t, dh), query_index),
+                # lse a column per query row, [B, K, G, Tp, 1]
                 pl.BlockSpec((None, None, g, block_t, 1), query_index),
                 pl.BlockSpec((None, None, block_s, dh), lambda bi, ki, j, i, *_: (bi, ki, j, 0))],
       out_specs=[out_block, out_block])
@@ -139,7 +140,7 @@ def attn_stats_tpu(q_BxTxHxDh, k_BxKxSxDh, start_BxK, lse_BxTxH, query_valid_BxT
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       cost_estimate=pl.CostEstimate(
           flops=2 * b * h * t_pad * s * dh, transcendentals=b * h * t_pad * s,
-          bytes_accessed=b * kv * s * dh * itemsize + n_s * q_f.size * itemsize),
+          bytes_accessed=b * kv * s * dh * itemsize + n_s * q_BxKxGxTpxDh.size * itemsize),
       interpret=interpret, name="attn_stats_tpu",
-  )(start_flat, last_B, q_f, lse_f, k_BxKxSxDh)
+  )(start_flat, last_B, q_BxKxGxTpxDh, lse_BxKxGxTp[..., None], k_BxKxSxDh)
   return sums[:, :, 0], lasts[:, :, 0]

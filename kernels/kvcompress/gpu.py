@@ -17,8 +17,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from jaxtok_kernels import common
+from jaxtok_kernels import tiling
 from jaxtok_kernels.kvcompress import layout
+from jaxtok_kernels.kvcompress.reference import mass_sums
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -28,7 +29,7 @@ class GpuConfig:
   num_stages: int = 2
 
   def __post_init__(self):
-    common.validate_pow2("GpuConfig.block", self.block, common.TRITON_MIN_DOT)
+    tiling.validate_pow2("GpuConfig.block", self.block, tiling.TRITON_MIN_DOT)
 
 
 def _kernel(lo_ref, hi_ref, dest_ref, mass_ref, k_ref, v_ref, ko_ref, vo_ref, *, block,
@@ -56,13 +57,12 @@ def _kernel(lo_ref, hi_ref, dest_ref, mass_ref, k_ref, v_ref, ko_ref, vo_ref, *,
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def merge_slots_gpu(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS, *,
                     config: GpuConfig = GpuConfig(), interpret: bool = False):
-  """(k_sum, v_sum) f32[B, K, S, Dh]; same contract as reference.merge_slots_reference."""
+  """(k_sum, v_sum f32[B, K, S, Dh], mass_sum f32[B, K, S]); same contract as
+  reference.merge_slots_reference (the O(S) mass sums run in XLA)."""
   b, kh, s, dh = k_BxKxSxDh.shape
-  if not common.is_pow2(dh) or dh < common.TRITON_MIN_DOT:
-    raise NotImplementedError(f"merge_slots_gpu: head dim {dh} must be a power of two >= "
-                              f"{common.TRITON_MIN_DOT} (Triton)")
+  tiling.require_triton_head_dim("merge_slots_gpu", dh)
   block = config.block
-  s_pad = common.round_up(s, block)
+  s_pad = tiling.round_up(s, block)
   n_blocks = s_pad // block
   kf, vf, mf, df = layout.operands(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS, s_pad)
   lo, hi = layout.block_ranges(df, block, s_pad)
@@ -81,4 +81,5 @@ def merge_slots_gpu(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS, *,
                                                num_stages=config.num_stages),
       interpret=interpret, name="merge_slots_gpu",
   )(lo, hi, df, mf, kf, vf)
-  return (ko[:, :s].reshape(b, kh, s, dh), vo[:, :s].reshape(b, kh, s, dh))
+  return (ko[:, :s].reshape(b, kh, s, dh), vo[:, :s].reshape(b, kh, s, dh),
+          mass_sums(mass_BxKxS, dest_BxKxS))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxtok_kernels import common
+from jaxtok_kernels import tiling
 
 
 def operands(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS, s_pad: int):
@@ -12,10 +12,10 @@ def operands(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS, s_pad: int):
   b, k, s, dh = k_BxKxSxDh.shape
   bk = b * k
   dest = jnp.where((dest_BxKxS >= 0) & (dest_BxKxS < s), dest_BxKxS, s_pad).astype(jnp.int32)
-  kf = common.pad_axis(k_BxKxSxDh.reshape(bk, s, dh), 1, s_pad)
-  vf = common.pad_axis(v_BxKxSxDh.reshape(bk, s, dh), 1, s_pad)
-  mf = common.pad_axis(mass_BxKxS.astype(jnp.float32).reshape(bk, 1, s), 2, s_pad)
-  df = common.pad_axis(dest.reshape(bk, 1, s), 2, s_pad, value=s_pad)
+  kf = tiling.pad_axis(k_BxKxSxDh.reshape(bk, s, dh), 1, s_pad)
+  vf = tiling.pad_axis(v_BxKxSxDh.reshape(bk, s, dh), 1, s_pad)
+  mf = tiling.pad_axis(mass_BxKxS.astype(jnp.float32).reshape(bk, 1, s), 2, s_pad)
+  df = tiling.pad_axis(dest.reshape(bk, 1, s), 2, s_pad, value=s_pad)
   return kf, vf, mf, df
 
 

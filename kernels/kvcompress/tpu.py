@@ -19,8 +19,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxtok_kernels import common
+from jaxtok_kernels import tiling
 from jaxtok_kernels.kvcompress import layout
+from jaxtok_kernels.kvcompress.reference import mass_sums
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,7 +32,7 @@ class TpuConfig:
 
   def __post_init__(self):
     if self.block < 128 or self.block % 128:
-      raise common.BlockSizeError(f"TpuConfig.block = {self.block} must be a positive multiple "
+      raise tiling.BlockSizeError(f"TpuConfig.block = {self.block} must be a positive multiple "
                                   "of 128 (TPU lane tiling)")
 
 
@@ -66,10 +67,11 @@ def _kernel(lo_ref, hi_ref, dest_ref, mass_ref, k_ref, v_ref, ko_ref, vo_ref, ac
 @functools.partial(jax.jit, static_argnames=("config", "interpret"))
 def merge_slots_tpu(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS, *,
                     config: TpuConfig = TpuConfig(), interpret: bool = False):
-  """(k_sum, v_sum) f32[B, K, S, Dh]; same contract as reference.merge_slots_reference."""
+  """(k_sum, v_sum f32[B, K, S, Dh], mass_sum f32[B, K, S]); same contract as
+  reference.merge_slots_reference (the O(S) mass sums run in XLA)."""
   b, kh, s, dh = k_BxKxSxDh.shape
-  block = min(config.block, common.round_up(s, 128))
-  s_pad = common.round_up(s, block)
+  block = min(config.block, tiling.round_up(s, 128))
+  s_pad = tiling.round_up(s, block)
   n_blocks = s_pad // block
   kf, vf, mf, df = layout.operands(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS, s_pad)
   lo, hi = layout.block_ranges(df, block, s_pad)
@@ -90,4 +92,5 @@ def merge_slots_tpu(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS, *,
           dimension_semantics=("parallel", "parallel", "arbitrary")),
       interpret=interpret, name="merge_slots_tpu",
   )(lo.reshape(-1), hi.reshape(-1), df, mf, kf, vf)
-  return (ko[:, :s].reshape(b, kh, s, dh), vo[:, :s].reshape(b, kh, s, dh))
+  return (ko[:, :s].reshape(b, kh, s, dh), vo[:, :s].reshape(b, kh, s, dh),
+          mass_sums(mass_BxKxS, dest_BxKxS))

@@ -20,39 +20,28 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from jaxtok_kernels import common
+from jaxtok_kernels import online_softmax, tiling
 from jaxtok_kernels.selected_attention import layout
 from jaxtok_kernels.tree_attention import layout as tree_layout
-
-_MASKED = common.MASKED
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GpuConfig:
   block_s: int = 64
-  block_r: int | None = None  # folded query rows per program (None: min(G * Tp's 2-part, 64))
+  block_r: int | None = None  # folded query rows per program (None: tree_layout.triton_rows)
   num_warps: int = 4
   num_stages: int = 2
 
   def __post_init__(self):
-    common.validate_pow2("GpuConfig.block_s", self.block_s, common.TRITON_MIN_DOT)
+    tiling.validate_pow2("GpuConfig.block_s", self.block_s, tiling.TRITON_MIN_DOT)
     if self.block_r is not None:
-      common.validate_pow2("GpuConfig.block_r", self.block_r, common.TRITON_MIN_DOT)
+      tiling.validate_pow2("GpuConfig.block_r", self.block_r, tiling.TRITON_MIN_DOT)
 
 
 def _kernel(table_ref, count_ref, q_ref, kc_ref, vc_ref, sel_ref, kn_ref, vn_ref, mask_ref,
             o_ref, *residual_refs, s, block_s, scale):
   q_RxDh = q_ref[...]
   block_r, dh = q_RxDh.shape
-
-  def update(carry, s_RxN, vis, v_NxDh):
-    m_prev, l_prev, acc = carry
-    s_RxN = jnp.where(vis, s_RxN * scale, _MASKED)
-    m_new = jnp.maximum(m_prev, jnp.max(s_RxN, axis=1))
-    p_RxN = jnp.where(vis, jnp.exp(s_RxN - m_new[:, None]), 0.0)
-    alpha = jnp.exp(m_prev - m_new)
-    pv = jnp.dot(p_RxN.astype(v_NxDh.dtype), v_NxDh, preferred_element_type=jnp.float32)
-    return m_new, alpha * l_prev + jnp.sum(p_RxN, axis=1), alpha[:, None] * acc + pv
 
   def cache_block(i, carry):
     first = table_ref[i] * block_s
@@ -61,17 +50,13 @@ def _kernel(table_ref, count_ref, q_ref, kc_ref, vc_ref, sel_ref, kn_ref, vn_ref
     # Unselected slots (and the ragged end past S) read as 0: they may hold NaN.
     k = pl_triton.load(kc_ref.at[pl.ds(first, block_s), :], mask=chosen_N[:, None], other=0.0)
     v = pl_triton.load(vc_ref.at[pl.ds(first, block_s), :], mask=chosen_N[:, None], other=0.0)
-    return update(carry, jnp.dot(q_RxDh, k.T, preferred_element_type=jnp.float32),
-                  chosen_N[None, :], v)
+    s_RxN = online_softmax.triton_scores(q_RxDh, k, scale)
+    return online_softmax.triton_update(carry, s_RxN, chosen_N[None, :], v)
 
-  carry = (jnp.full((block_r,), _MASKED, jnp.float32), jnp.zeros((block_r,), jnp.float32),
-           jnp.zeros((block_r, dh), jnp.float32))
-  carry = lax.fori_loop(0, count_ref[()], cache_block, carry)
-  s_new = jnp.dot(q_RxDh, kn_ref[...].T, preferred_element_type=jnp.float32)
-  m, l, acc = update(carry, s_new, mask_ref[...] != 0, vn_ref[...])
-  o_ref[...] = (acc * jnp.where(l > 0, 1.0 / l, 0.0)[:, None]).astype(o_ref.dtype)
-  if residual_refs:
-    residual_refs[0][...] = jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), _MASKED)
+  carry = lax.fori_loop(0, count_ref[()], cache_block, online_softmax.triton_init(block_r, dh))
+  s_new = online_softmax.triton_scores(q_RxDh, kn_ref[...], scale)
+  carry = online_softmax.triton_update(carry, s_new, mask_ref[...] != 0, vn_ref[...])
+  online_softmax.triton_finish(carry, o_ref, *residual_refs)  # the residual on request
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret", "return_residuals"))
@@ -82,26 +67,19 @@ def selected_attention_gpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, selec
   """Triton entry point; same contract as selected_attention_reference."""
   b, t, h, dh = q_BxTxHxDh.shape
   kv, s = k_cache_BxKxSxDh.shape[1:3]
-  g = h // kv
-  if not common.is_pow2(dh) or dh < common.TRITON_MIN_DOT:
-    raise NotImplementedError(f"selected_attention_gpu: head dim {dh} must be a power of two "
-                              f">= {common.TRITON_MIN_DOT} (Triton)")
-  t_pad = common.next_pow2(max(t, common.TRITON_MIN_DOT))
-  rows = g * t_pad
-  block_r = config.block_r or min(t_pad * (g & -g), 64)
-  if rows % block_r:
-    raise common.BlockSizeError(f"block_r = {block_r} must divide the folded rows G*Tp = {rows}")
+  tiling.require_triton_head_dim("selected_attention_gpu", dh)
+  t_pad, block_r = tree_layout.triton_rows(t, h // kv, config.block_r)
+  rows = (h // kv) * t_pad
   block_s = config.block_s
-  q_f, kn, vn, mask_rows, _ = tree_layout.kernel_operands(
-      q_BxTxHxDh, jnp.zeros((b, kv), jnp.int32), k_new_BxTxKxDh, v_new_BxTxKxDh,
-      jnp.broadcast_to(block_mask_BxTxT, (b, t, t)), kv, s, t_pad, k_cache_BxKxSxDh.dtype)
+  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp = tree_layout.kernel_operands(
+      q_BxTxHxDh, k_cache_BxKxSxDh, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, t_pad)
   table, count = layout.block_table(selected_BxKxS, block_s)
   nb = table.shape[-1]
   rows_block = pl.BlockSpec((None, None, block_r, dh), lambda bi, ki, ri: (bi, ki, ri, 0))
 
   def per_head(shape):  # the whole (row, kv head) slice, for every row block
     return pl.BlockSpec(shape, lambda bi, ki, ri: (bi, ki) + (0,) * (len(shape) - 2))
-  out_shape = jax.ShapeDtypeStruct(q_f.shape, q_BxTxHxDh.dtype)
+  out_shape = jax.ShapeDtypeStruct(q_BxKxRxDh.shape, q_BxTxHxDh.dtype)
   out_specs = rows_block
   if return_residuals:
     out_shape = (out_shape, jax.ShapeDtypeStruct((b, kv, rows), jnp.float32))
@@ -118,9 +96,6 @@ def selected_attention_gpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, selec
       compiler_params=pl_triton.CompilerParams(num_warps=config.num_warps,
                                                num_stages=config.num_stages),
       interpret=interpret, name="selected_attention_gpu",
-  )(table, count, q_f, k_cache_BxKxSxDh, v_cache_BxKxSxDh, selected_BxKxS.astype(jnp.int32), kn,
-    vn, mask_rows)
-  if not return_residuals:
-    return tree_layout.unfold(out, t, t_pad)
-  o, lse = out
-  return tree_layout.unfold(o, t, t_pad), tree_layout.unfold_lse(lse, t, t_pad)
+  )(table, count, q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh,
+    selected_BxKxS.astype(jnp.int32), kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp)
+  return tree_layout.unfold_outputs(out, t, t_pad, return_residuals)

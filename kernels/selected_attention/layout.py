@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxtok_kernels import common
+from jaxtok_kernels import tiling
 from jaxtok_kernels.tree_attention import layout as tree_layout
 
 
@@ -29,7 +29,7 @@ def from_indices(idx_BxKxM, n_BxK, s: int):
   """bool[B, K, S]: slots idx[b, k, :n[b, k]] selected (entries past n, or outside [0, S),
   ignored)."""
   m = idx_BxKxM.shape[-1]
-  live = (jnp.arange(m) < n_BxK[..., None]) & (idx_BxKxM >= 0) & (idx_BxKxM < s)
+  live = (jnp.arange(m)[None, None, :] < n_BxK[..., None]) & (idx_BxKxM >= 0) & (idx_BxKxM < s)
   onehot = jax.nn.one_hot(jnp.where(live, idx_BxKxM, s), s + 1, dtype=jnp.int32)[..., :s]
   return onehot.sum(axis=-2) > 0
 
@@ -47,10 +47,10 @@ def block_table(selected_BxKxS, block_s: int):
   then the last one repeated (block 0 when none) so a kernel's index_map never moves past
   them."""
   b, kv, s = selected_BxKxS.shape
-  nb = common.cdiv(s, block_s)
-  sel = common.pad_axis(selected_BxKxS.astype(jnp.int32), 2, nb * block_s)
+  nb = tiling.cdiv(s, block_s)
+  sel = tiling.pad_axis(selected_BxKxS.astype(jnp.int32), 2, nb * block_s)
   used_BxKxNb = sel.reshape(b, kv, nb, block_s).max(axis=-1) > 0
   count = used_BxKxNb.sum(axis=-1).astype(jnp.int32)
   order = jnp.argsort(~used_BxKxNb, axis=-1, stable=True).astype(jnp.int32)  # used first
-  j = jnp.minimum(jnp.arange(nb), jnp.maximum(count - 1, 0)[..., None])
+  j = jnp.minimum(jnp.arange(nb)[None, None, :], jnp.maximum(count - 1, 0)[..., None])
   return jnp.take_along_axis(order, j, axis=-1), count

@@ -10,15 +10,14 @@ head h of kv head k:
 
 with an fp32 softmax; out = 0 and lse = MASKED for a row with nothing visible. This is
 tree attention (kernels/tree_attention) with the cache prefix ``s < cache_len[b, k]`` replaced
-by an arbitrary selection per (row, kv head), so the reference is the same masked softmax over
-the two segments side by side (``jaxtok_kernels.attn_stats.fused.attend``).
+by an arbitrary selection per (row, kv head), so the reference is tree attention's masked
+softmax over the two segments side by side (``tree_attention.reference.masked_attention``).
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from jaxtok_kernels.attn_stats.fused import attend
+from jaxtok_kernels.tree_attention.reference import block_segment, masked_attention
 
 
 def selected_attention_reference(
@@ -27,9 +26,7 @@ def selected_attention_reference(
     k_new_BxTxKxDh: Float[Array, "B T K Dh"], v_new_BxTxKxDh: Float[Array, "B T K Dh"],
     block_mask_BxTxT: Bool[Array, "B T T"], *, return_residuals: bool = False):
   """out [B, T, H, Dh] (and lse f32[B, T, H] with ``return_residuals``)."""
-  dt = k_cache_BxKxSxDh.dtype
-  out, lse, _ = attend(q_BxTxHxDh, [
+  out, lse_BxTxH, _ = masked_attention(q_BxTxHxDh, [
       (k_cache_BxKxSxDh, v_cache_BxKxSxDh, selected_BxKxS.astype(bool)[:, :, None]),
-      (jnp.swapaxes(k_new_BxTxKxDh.astype(dt), 1, 2), jnp.swapaxes(v_new_BxTxKxDh.astype(dt), 1, 2),
-       block_mask_BxTxT.astype(bool)[:, None])])
-  return (out, lse) if return_residuals else out
+      block_segment(k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, k_cache_BxKxSxDh.dtype)])
+  return (out, lse_BxTxH) if return_residuals else out

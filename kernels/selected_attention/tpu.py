@@ -28,12 +28,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxtok_kernels import common
+from jaxtok_kernels import online_softmax, tiling
 from jaxtok_kernels.selected_attention import layout
 from jaxtok_kernels.tree_attention import layout as tree_layout
 
-_MASKED = common.MASKED
-_LANES = common.TPU_LANES  # m, l and lse lane-replicated (a (rows, 1) buffer pads to 128 anyway)
 DEFAULT_BLOCK_S = 512
 
 
@@ -45,35 +43,15 @@ class TpuConfig:
 
   def __post_init__(self):
     if self.block_s is not None and self.block_s < 1:
-      raise common.BlockSizeError(f"TpuConfig.block_s must be >= 1, got {self.block_s}")
+      raise tiling.BlockSizeError(f"TpuConfig.block_s must be >= 1, got {self.block_s}")
 
 
 def plan(t: int, s: int, head_dim: int, config: TpuConfig):
   block_s = config.block_s or (s if s <= DEFAULT_BLOCK_S else DEFAULT_BLOCK_S)
-  common.validate_tpu_block("k_cache_BxKxSxDh block (block_s, Dh)", (block_s, head_dim),
+  tiling.validate_tpu_block("k_cache_BxKxSxDh block (block_s, Dh)", (block_s, head_dim),
                             (s, head_dim))
-  common.validate_tpu_block("selected_BxKx1xS block (1, block_s)", (1, block_s), (1, s))
-  return common.round_up(t, common.TPU_SUBLANES), block_s, common.cdiv(s, block_s)
-
-
-def _update(m_scr, l_scr, acc_scr, s_RxN, vis, v_NxDh):
-  """One online-softmax step: fold scores s (fp32, masked by vis) and values v in."""
-  m_prev, l_prev = m_scr[...][:, :1], l_scr[...][:, :1]
-  s_RxN = jnp.where(vis, s_RxN, _MASKED)
-  m_new = jnp.maximum(m_prev, jnp.max(s_RxN, axis=1, keepdims=True))
-  p_RxN = jnp.where(vis, jnp.exp(s_RxN - m_new), 0.0)
-  alpha = jnp.exp(m_prev - m_new)
-  l_scr[...] = jnp.broadcast_to(alpha * l_prev + jnp.sum(p_RxN, axis=1, keepdims=True),
-                                l_scr.shape)
-  m_scr[...] = jnp.broadcast_to(m_new, m_scr.shape)
-  pv = lax.dot_general(p_RxN.astype(v_NxDh.dtype), v_NxDh, (((1,), (0,)), ((), ())),
-                       preferred_element_type=jnp.float32)
-  acc_scr[...] = alpha * acc_scr[...] + pv
-
-
-def _scores(q_RxDh, k_NxDh, scale):
-  return lax.dot_general(q_RxDh, k_NxDh, (((1,), (1,)), ((), ())),
-                         preferred_element_type=jnp.float32) * scale
+  tiling.validate_tpu_block("selected_BxKx1xS block (1, block_s)", (1, block_s), (1, s))
+  return tiling.round_up(t, tiling.TPU_SUBLANES), block_s, tiling.cdiv(s, block_s)
 
 
 def _kernel(table_ref, count_ref, q_ref, kc_ref, vc_ref, sel_ref, selc_ref, kn_ref, vn_ref,
@@ -86,25 +64,19 @@ def _kernel(table_ref, count_ref, q_ref, kc_ref, vc_ref, sel_ref, selc_ref, kn_r
 
   @pl.when(j == 0)
   def _init():
-    m_scr[...] = jnp.full(m_scr.shape, _MASKED, jnp.float32)
-    l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
-    acc_scr[...] = jnp.zeros(acc_scr.shape, jnp.float32)
+    online_softmax.tpu_init(m_scr, l_scr, acc_scr)
 
   @pl.when(j < count_ref[b * kv + k])
   def _cache_block():
     v = jnp.where(selc_ref[...] != 0, vc_ref[...], 0)  # unselected values may be NaN
-    _update(m_scr, l_scr, acc_scr, _scores(q_ref[...], kc_ref[...], scale), sel_ref[...] != 0, v)
+    s = online_softmax.tpu_scores(q_ref[...], kc_ref[...], scale)
+    online_softmax.tpu_update(m_scr, l_scr, acc_scr, s, sel_ref[...] != 0, v)
 
   @pl.when(j == n_blocks)
   def _block_and_finish():
-    _update(m_scr, l_scr, acc_scr, _scores(q_ref[...], kn_ref[...], scale), mask_ref[...] != 0,
-            vn_ref[...])
-    l = l_scr[...][:, :1]
-    o_ref[...] = (acc_scr[...] * jnp.where(l > 0, 1.0 / l, 0.0)).astype(o_ref.dtype)
-    if return_residuals:
-      l_lanes = l_scr[...]
-      lse_ref[...] = jnp.where(l_lanes > 0, m_scr[...] + jnp.log(jnp.maximum(l_lanes, 1e-30)),
-                               _MASKED)
+    s = online_softmax.tpu_scores(q_ref[...], kn_ref[...], scale)
+    online_softmax.tpu_update(m_scr, l_scr, acc_scr, s, mask_ref[...] != 0, vn_ref[...])
+    online_softmax.tpu_finish(m_scr, l_scr, acc_scr, o_ref, lse_ref)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret", "return_residuals"))
@@ -117,12 +89,11 @@ def selected_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, selec
   kv, s = k_cache_BxKxSxDh.shape[1:3]
   t_pad, block_s, n_blocks = plan(t, s, dh, config)
   rows = (h // kv) * t_pad
-  q_f, kn, vn, mask_rows, _ = tree_layout.kernel_operands(
-      q_BxTxHxDh, jnp.zeros((b, kv), jnp.int32), k_new_BxTxKxDh, v_new_BxTxKxDh,
-      jnp.broadcast_to(block_mask_BxTxT, (b, t, t)), kv, s, t_pad, k_cache_BxKxSxDh.dtype)
+  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp = tree_layout.kernel_operands(
+      q_BxTxHxDh, k_cache_BxKxSxDh, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, t_pad)
   table, count = layout.block_table(selected_BxKxS, block_s)
   # Padded to whole blocks with "not selected": a ragged last block must not read garbage.
-  sel = common.pad_axis(selected_BxKxS.astype(jnp.int32), 2, n_blocks * block_s)
+  sel = tiling.pad_axis(selected_BxKxS.astype(jnp.int32), 2, n_blocks * block_s)
 
   def cache_index(bi, ki, j, table_ref, _):
     return bi, ki, table_ref[(bi * kv + ki) * n_blocks + jnp.minimum(j, n_blocks - 1)], 0
@@ -130,6 +101,7 @@ def selected_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, selec
   def sel_index(bi, ki, j, table_ref, _):
     return bi, ki, 0, table_ref[(bi * kv + ki) * n_blocks + jnp.minimum(j, n_blocks - 1)]
 
+  lanes = online_softmax.STAT_LANES  # lse lane-replicated like m and l
   fixed = lambda shape: pl.BlockSpec(shape, lambda bi, ki, j, *_: (bi, ki, 0, 0))  # noqa: E731
   cache_block = pl.BlockSpec((None, None, block_s, dh), cache_index)
   grid_spec = pltpu.PrefetchScalarGridSpec(
@@ -140,14 +112,12 @@ def selected_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, selec
                 pl.BlockSpec((None, None, block_s, 1), cache_index),
                 fixed((None, None, t_pad, dh)), fixed((None, None, t_pad, dh)),
                 pl.BlockSpec((None, rows, t_pad), lambda bi, ki, j, *_: (bi, 0, 0))],
-      out_specs=([fixed((None, None, rows, dh)), fixed((None, None, rows, _LANES))]
+      out_specs=([fixed((None, None, rows, dh)), fixed((None, None, rows, lanes))]
                  if return_residuals else fixed((None, None, rows, dh))),
-      scratch_shapes=[pltpu.VMEM((rows, _LANES), jnp.float32),
-                      pltpu.VMEM((rows, _LANES), jnp.float32),
-                      pltpu.VMEM((rows, dh), jnp.float32)])
-  out_shape = jax.ShapeDtypeStruct(q_f.shape, q_BxTxHxDh.dtype)
+      scratch_shapes=online_softmax.tpu_scratch(rows, dh))
+  out_shape = jax.ShapeDtypeStruct(q_BxKxRxDh.shape, q_BxTxHxDh.dtype)
   if return_residuals:
-    out_shape = (out_shape, jax.ShapeDtypeStruct((b, kv, rows, _LANES), jnp.float32))
+    out_shape = (out_shape, jax.ShapeDtypeStruct((b, kv, rows, lanes), jnp.float32))
   out = pl.pallas_call(
       functools.partial(_kernel, kv=kv, n_blocks=n_blocks, scale=1.0 / math.sqrt(dh),
                         return_residuals=return_residuals),
@@ -155,9 +125,6 @@ def selected_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, selec
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "arbitrary")),
       interpret=interpret, name="selected_attention_tpu",
-  )(table.reshape(-1), count.reshape(-1), q_f, k_cache_BxKxSxDh, v_cache_BxKxSxDh,
-    sel[:, :, None, :], sel[..., None], kn, vn, mask_rows)
-  if not return_residuals:
-    return tree_layout.unfold(out, t, t_pad)
-  o, lse = out
-  return tree_layout.unfold(o, t, t_pad), tree_layout.unfold_lse(lse[..., 0], t, t_pad)
+  )(table.reshape(-1), count.reshape(-1), q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh,
+    sel[:, :, None, :], sel[..., None], kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp)
+  return tree_layout.unfold_outputs(out, t, t_pad, return_residuals)

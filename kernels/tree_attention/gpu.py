@@ -28,12 +28,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from jaxtok_kernels import common
+from jaxtok_kernels import online_softmax, tiling
 from jaxtok_kernels.tree_attention import layout
 
-_MASKED = common.MASKED  # finite: a fully masked row never forms inf - inf
 DEFAULT_BLOCK_S = 64
-DEFAULT_BLOCK_R = 64
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,46 +47,25 @@ class GpuConfig:
     for name in ("block_s", "block_r"):
       value = getattr(self, name)
       if value is not None:
-        common.validate_pow2(f"GpuConfig.{name}", value, common.TRITON_MIN_DOT)
+        tiling.validate_pow2(f"GpuConfig.{name}", value, tiling.TRITON_MIN_DOT)
     if self.num_warps < 1 or self.num_stages < 1:
-      raise common.BlockSizeError(f"GpuConfig.num_warps and num_stages must be >= 1, got "
+      raise tiling.BlockSizeError(f"GpuConfig.num_warps and num_stages must be >= 1, got "
                                   f"{self.num_warps}, {self.num_stages}")
 
 
 def plan(t: int, h: int, kv_heads: int, head_dim: int, config: GpuConfig):
   """Static tiling (Tp, block_r, block_s); NotImplementedError for shapes Triton cannot tile."""
-  g = h // kv_heads
-  if not common.is_pow2(head_dim) or head_dim < common.TRITON_MIN_DOT:
-    raise NotImplementedError(f"GPU tree attention needs a power-of-two head dim >= 16, got "
-                              f"Dh={head_dim}")
-  t_pad = common.next_pow2(max(t, common.TRITON_MIN_DOT))
-  rows = g * t_pad
-  # Any group size G works: rows = G * Tp has the power-of-two factor Tp * (G & -G) >= 16, so a
-  # power-of-two row block divides it (SmolLM2's G = 3 gets blocks of Tp rows).
-  block_r = (min(t_pad * (g & -g), DEFAULT_BLOCK_R) if config.block_r is None
-             else config.block_r)
+  tiling.require_triton_head_dim("tree_attention_gpu", head_dim)
+  t_pad, block_r = layout.triton_rows(t, h // kv_heads, config.block_r)
   block_s = DEFAULT_BLOCK_S if config.block_s is None else config.block_s
-  if rows % block_r:
-    raise common.BlockSizeError(f"block_r = {block_r} must divide the folded rows "
-                                f"G*Tp = {rows}")
   return t_pad, block_r, block_s
 
 
-def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref, *residual_refs, block_s,
-            scale):
+def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref, *residual_refs,
+            block_s, scale):
   length = len_ref[()]
   q_RxDh = q_ref[...]
   block_r, dh = q_RxDh.shape
-
-  def update(carry, s_RxN, vis, v_NxDh):
-    m_prev, l_prev, acc = carry
-    s_RxN = jnp.where(vis, s_RxN * scale, _MASKED)
-    m_new = jnp.maximum(m_prev, jnp.max(s_RxN, axis=1))
-    p_RxN = jnp.where(vis, jnp.exp(s_RxN - m_new[:, None]), 0.0)
-    alpha = jnp.exp(m_prev - m_new)
-    l_new = alpha * l_prev + jnp.sum(p_RxN, axis=1)
-    pv = jnp.dot(p_RxN.astype(v_NxDh.dtype), v_NxDh, preferred_element_type=jnp.float32)
-    return m_new, l_new, alpha[:, None] * acc + pv
 
   def cache_block(i, carry):
     slot_N = i * block_s + jnp.arange(block_s)
@@ -99,18 +76,14 @@ def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, o_ref, *re
                        other=0.0)
     v = pl_triton.load(vc_ref.at[pl.ds(i * block_s, block_s), :], mask=live_N[:, None],
                        other=0.0)
-    s = jnp.dot(q_RxDh, k.T, preferred_element_type=jnp.float32)
-    return update(carry, s, live_N[None, :], v)
+    s = online_softmax.triton_scores(q_RxDh, k, scale)
+    return online_softmax.triton_update(carry, s, live_N[None, :], v)
 
-  carry = (jnp.full((block_r,), _MASKED, jnp.float32), jnp.zeros((block_r,), jnp.float32),
-           jnp.zeros((block_r, dh), jnp.float32))
-  carry = lax.fori_loop(0, pl.cdiv(length, block_s), cache_block, carry)
-  s_tree = jnp.dot(q_RxDh, kn_ref[...].T, preferred_element_type=jnp.float32)
-  m, l, acc = update(carry, s_tree, mask_ref[...] != 0, vn_ref[...])
-  inv = jnp.where(l > 0, 1.0 / l, 0.0)  # nothing visible -> output 0
-  o_ref[...] = (acc * inv[:, None]).astype(o_ref.dtype)
-  if residual_refs:  # the softmax residual, on request
-    residual_refs[0][...] = jnp.where(l > 0, m + jnp.log(jnp.maximum(l, 1e-30)), _MASKED)
+  carry = lax.fori_loop(0, pl.cdiv(length, block_s), cache_block,
+                        online_softmax.triton_init(block_r, dh))
+  s_tree = online_softmax.triton_scores(q_RxDh, kn_ref[...], scale)
+  carry = online_softmax.triton_update(carry, s_tree, mask_ref[...] != 0, vn_ref[...])
+  online_softmax.triton_finish(carry, o_ref, *residual_refs)  # the residual on request
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret", "return_residuals"))
@@ -121,14 +94,10 @@ def tree_attention_gpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len
   """Triton kernel entry point; same contract as tree_attention_reference."""
   b, t, h, dh = q_BxTxHxDh.shape
   kv, s = k_cache_BxKxSxDh.shape[1:3]
-  g = h // kv
   t_pad, block_r, block_s = plan(t, h, kv, dh, config)
-  rows = g * t_pad
-  cache_dtype = k_cache_BxKxSxDh.dtype
-
-  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_BxK = layout.kernel_operands(
-      q_BxTxHxDh, cache_len_BxK, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, kv, s, t_pad,
-      cache_dtype)
+  rows = (h // kv) * t_pad
+  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp = layout.kernel_operands(
+      q_BxTxHxDh, k_cache_BxKxSxDh, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, t_pad)
 
   rows_block = pl.BlockSpec((None, None, block_r, dh), lambda bi, ki, ri: (bi, ki, ri, 0))
   tree_block = pl.BlockSpec((None, None, t_pad, dh), lambda bi, ki, ri: (bi, ki, 0, 0))
@@ -152,9 +121,6 @@ def tree_attention_gpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len
                                                num_stages=config.num_stages),
       interpret=interpret,
       name="tree_attention_gpu",
-  )(lens_BxK, q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, kn_BxKxTpxDh, vn_BxKxTpxDh,
-    mask_BxRxTp)
-  if not return_residuals:
-    return layout.unfold(out, t, t_pad)
-  o, lse = out
-  return layout.unfold(o, t, t_pad), layout.unfold_lse(lse, t, t_pad)
+  )(layout.clamp_len(cache_len_BxK, s), q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh,
+    kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp)
+  return layout.unfold_outputs(out, t, t_pad, return_residuals)

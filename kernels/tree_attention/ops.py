@@ -5,27 +5,30 @@ The op every jaxtok attention layer with a cache calls: decoding (T = 1), chunke
 mask) are the same computation with different block masks. See reference.py for the exact
 semantics; the kernels must match it (tests/kernels).
 
-Dispatch follows tokamax's rule: ``implementation=None`` picks the Pallas kernel of the
-platform (Mosaic on TPU, Triton on GPU) and falls back to the reference when the kernel cannot
-take the shape or when there is no accelerator; an explicit ``"pallas"`` never falls back - a
-shape the kernel cannot tile raises ``NotImplementedError`` with the reason, so a benchmark can
-never time the reference and call it the kernel.
+Dispatch is kernels/dispatch.py's (DESIGN.md decision 9): ``implementation=None`` picks the
+Pallas kernel of the platform (Mosaic on TPU, Triton on GPU) and falls back to the reference when
+the kernel cannot take the shape or when there is no accelerator; an explicit ``"pallas"`` never
+falls back - a shape the kernel cannot tile raises ``NotImplementedError`` with the reason, so a
+benchmark can never time the reference and call it the kernel.
 """
 from __future__ import annotations
-
-from typing import Literal
 
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxtok_kernels import common
+from jaxtok_kernels import dispatch
 from jaxtok_kernels.tree_attention import layout
 from jaxtok_kernels.tree_attention.gpu import GpuConfig, tree_attention_gpu
 from jaxtok_kernels.tree_attention.reference import tree_attention_reference
 from jaxtok_kernels.tree_attention.tpu import TpuConfig, tree_attention_tpu
 
-Implementation = Literal["pallas", "xla"] | None
+Implementation = dispatch.Implementation
 Config = TpuConfig | GpuConfig
+
+IMPLEMENTATIONS = dispatch.implementations(
+    xla=tree_attention_reference,
+    pallas=dispatch.Pallas(tpu=tree_attention_tpu, gpu=tree_attention_gpu, tpu_config=TpuConfig,
+                           gpu_config=GpuConfig))
 
 
 def tree_attention(
@@ -46,37 +49,11 @@ def tree_attention(
   reference. config: the kernel's tiling (``TpuConfig`` or ``GpuConfig``, matching the
   platform); an illegal block raises BlockSizeError.
   """
+  dispatch.check(IMPLEMENTATIONS, implementation, config)
   args = (q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK, k_new_BxTxKxDh,
           v_new_BxTxKxDh, block_mask_BxTxT)
-  if implementation not in (None, "pallas", "xla"):
-    raise ValueError(f"implementation must be 'pallas', 'xla' or None, got {implementation!r}")
-  if config is not None and not isinstance(config, (TpuConfig, GpuConfig)):
-    raise ValueError(f"config must be a TpuConfig or GpuConfig, got {type(config).__name__}")
   layout.validate_inputs(*args)
   b, t = q_BxTxHxDh.shape[:2]
   args = args[:-1] + (jnp.broadcast_to(block_mask_BxTxT, (b, t, t)),)
-  if implementation == "xla":
-    return tree_attention_reference(*args, return_residuals=return_residuals)
-  platform = common.backend()
-  if implementation is None and platform not in ("tpu", "gpu"):
-    return tree_attention_reference(*args, return_residuals=return_residuals)
-  try:
-    return _pallas(platform, args, config, return_residuals)
-  except NotImplementedError:
-    if implementation == "pallas":
-      raise
-    return tree_attention_reference(*args, return_residuals=return_residuals)
-
-
-def _pallas(platform: str, args, config: Config | None, return_residuals: bool):
-  if platform == "gpu":
-    if isinstance(config, TpuConfig):
-      raise ValueError("config: the GPU kernel takes a GpuConfig, got a TpuConfig")
-    return tree_attention_gpu(*args, config=config or GpuConfig(),
-                              return_residuals=return_residuals)
-  if isinstance(config, GpuConfig):
-    raise ValueError(f"config: the {platform} path runs the TPU kernel, which takes a "
-                     f"TpuConfig, got a GpuConfig")
-  # TPU compiles the Mosaic kernel; elsewhere the same kernel runs in the interpreter.
-  return tree_attention_tpu(*args, config=config or TpuConfig(), interpret=platform != "tpu",
-                            return_residuals=return_residuals)
+  return dispatch.run("tree_attention", IMPLEMENTATIONS, implementation, *args, config=config,
+                      return_residuals=return_residuals)

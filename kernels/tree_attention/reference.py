@@ -16,16 +16,77 @@ head) has its own cache length: compression policies keep different slots per he
 residual lets a caller rebuild any probability, exp(score - lse), without a second softmax
 (attention statistics for KV compression; merging attention over cache segments). The cache is kv-head-major,
 [B, K, S, Dh] (jaxtok.cache); the new block comes straight from the projections, [B, T, K, Dh].
-This file spells that out densely, one kv group at a time, so it can be read against the
-equation.
+This file spells that out densely, the cache and the block side by side, so it can be read
+against the equation; ``masked_attention`` is the one masked softmax every jnp attention of this
+package uses.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxtok_kernels.common import MASKED
+from jaxtok_kernels.numerics import MASKED, lse
+
+
+def masked_attention(q_BxTxHxDh: Float[Array, "B T H Dh"], segments):
+  """The masked GQA softmax of the module docstring over key segments side by side - the cache
+  and the block, never concatenated into a copy of the cache. Every jnp attention of this
+  package is this function: tree and selected attention's references, attn_stats.fused.
+
+  segments: [(k_BxKxNxDh, v_BxKxNxDh, vis_BxKxTxN)], vis bool and broadcastable to [B, K, T, N].
+  Returns (out [B, T, H, Dh] in q's dtype, lse f32[B, T, H], [p f32[B, K, G, T, N] per
+  segment]); a row with nothing visible gets out = 0, lse = MASKED and p = 0.
+
+  lse is m + log l from the softmax's own max and sum, as the kernels compute it (numerics.lse),
+  not a second logsumexp pass over the scores: the same value up to rounding, one exponential
+  pass fewer, and the kernels' residual by construction.
+  """
+  b, t, h, dh = q_BxTxHxDh.shape
+  kv = segments[0][0].shape[1]
+  g = h // kv
+  # GQA: query head h = k * G + g shares kv head k. Queries go kv-head-major, [B, K, G*T, Dh]
+  # (row r = g * T + t), so every contraction is a plain batched matmul over (B, K): XLA:CPU
+  # runs the "btkgd,bknd" form of the same product ~5x slower.
+  q_BxKxRxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(
+      b, kv, g * t, dh)
+  scores, visible = [], []
+  for k_BxKxNxDh, _, vis_BxKxTxN in segments:
+    n = k_BxKxNxDh.shape[2]
+    s_BxKxRxN = jnp.einsum("bkrd,bknd->bkrn", q_BxKxRxDh, k_BxKxNxDh,
+                           preferred_element_type=jnp.float32)
+    vis_BxKx1xTxN = jnp.broadcast_to(vis_BxKxTxN, (b, kv, t, n))[:, :, None]
+    s_BxKxGxTxN = s_BxKxRxN.reshape(b, kv, g, t, n) / jnp.sqrt(jnp.float32(dh))
+    scores.append(jnp.where(vis_BxKx1xTxN, s_BxKxGxTxN, MASKED))
+    visible.append(vis_BxKx1xTxN)
+  # fp32 softmax: bf16 exponentials lose the small weights that decide long-context outputs.
+  # The max only shifts the exponent for stability; its gradient cancels.
+  m_BxKxGxT = jax.lax.stop_gradient(functools.reduce(
+      jnp.maximum, [jnp.max(s, axis=-1, initial=MASKED) for s in scores]))
+  e = [jnp.where(v, jnp.exp(s - m_BxKxGxT[..., None]), 0.0) for s, v in zip(scores, visible)]
+  l_BxKxGxT = sum(x.sum(axis=-1) for x in e)
+  # Nothing visible -> p = 0, not a uniform average.
+  p = [x / jnp.where(l_BxKxGxT > 0, l_BxKxGxT, 1.0)[..., None] for x in e]
+  out_BxKxRxDh = sum(
+      jnp.einsum("bkrn,bknd->bkrd", x.reshape(b, kv, g * t, -1).astype(v_BxKxNxDh.dtype),
+                 v_BxKxNxDh, preferred_element_type=jnp.float32)
+      for x, (_, v_BxKxNxDh, _) in zip(p, segments))
+  out_BxTxHxDh = out_BxKxRxDh.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(
+      b, t, h, dh).astype(q_BxTxHxDh.dtype)
+  lse_BxTxH = lse(m_BxKxGxT, l_BxKxGxT).transpose(0, 3, 1, 2).reshape(b, t, h)
+  return out_BxTxHxDh, lse_BxTxH, p
+
+
+def block_segment(k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, cache_dtype):
+  """The new block as a segment of masked_attention: kv-head-major like the cache and in the
+  cache dtype (as it will be stored); token j is visible to query t iff mask[b, t, j] (a mask
+  broadcastable to [B, T, T])."""
+  b, t = k_new_BxTxKxDh.shape[:2]
+  mask_BxTxT = jnp.broadcast_to(block_mask_BxTxT.astype(bool), (b, t, t))
+  return (jnp.swapaxes(k_new_BxTxKxDh.astype(cache_dtype), 1, 2),
+          jnp.swapaxes(v_new_BxTxKxDh.astype(cache_dtype), 1, 2), mask_BxTxT[:, None])
 
 
 def tree_attention_reference(
@@ -33,53 +94,14 @@ def tree_attention_reference(
     v_cache_BxKxSxDh: Float[Array, "B K S Dh"], cache_len_BxK: Int[Array, "B K"],
     k_new_BxTxKxDh: Float[Array, "B T K Dh"], v_new_BxTxKxDh: Float[Array, "B T K Dh"],
     block_mask_BxTxT: Bool[Array, "B T T"], *, return_residuals: bool = False):
-  """Dense masked attention over concat(cache, new block); see the module docstring.
+  """Dense masked attention over the cache and the new block; see the module docstring.
 
   Returns out [B, T, H, Dh], and with ``return_residuals`` also lse f32[B, T, H].
   """
-  b, t, h, dh = q_BxTxHxDh.shape
-  kv, s = k_cache_BxKxSxDh.shape[1], k_cache_BxKxSxDh.shape[2]
-  g = h // kv
-  cache_dtype = k_cache_BxKxSxDh.dtype
-  # The new block kv-head-major like the cache, in the cache dtype (as it will be stored).
-  k_new_BxKxTxDh = jnp.swapaxes(k_new_BxTxKxDh.astype(cache_dtype), 1, 2)
-  v_new_BxKxTxDh = jnp.swapaxes(v_new_BxTxKxDh.astype(cache_dtype), 1, 2)
-  # Visibility: slot s of kv head k is visible to every node iff s < cache_len[b, k]; node j
-  # iff mask[t, j].
-  cache_vis_BxKxTxS = jnp.broadcast_to(
-      (jnp.arange(s)[None, None, :] < cache_len_BxK[..., None])[:, :, None, :], (b, kv, t, s))
-  block_vis_BxKxTxT = jnp.broadcast_to(block_mask_BxTxT.astype(bool)[:, None], (b, kv, t, t))
-  vis_BxKxTxN = jnp.concatenate([cache_vis_BxKxTxS, block_vis_BxKxTxT], axis=-1)
-
-  # GQA: query head h = k * G + g shares kv head k. Queries go kv-head-major, [B, K, G*T, Dh]
-  # (row r = g * T + t), so every contraction is a plain batched matmul over (B, K): XLA:CPU
-  # runs the "btkgd,bknd" form of the same product ~5x slower.
-  q_BxKxRxDh = q_BxTxHxDh.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(
-      b, kv, g * t, dh)
-
-  def scores(keys_BxKxNxDh):
-    return jnp.einsum("bkrd,bknd->bkrn", q_BxKxRxDh, keys_BxKxNxDh,
-                      preferred_element_type=jnp.float32)
-  # Scores against the cache and against the block, side by side: the N = S + T columns of
-  # concat(cache, block) without copying the cache (a full copy per layer per decode step).
-  scores_BxKxRxN = jnp.concatenate([scores(k_cache_BxKxSxDh), scores(k_new_BxKxTxDh)], -1)
-  scores_BxKxGxTxN = scores_BxKxRxN.reshape(b, kv, g, t, s + t) / jnp.sqrt(jnp.float32(dh))
-  vis = vis_BxKxTxN[:, :, None, :, :]
-  # fp32 softmax: bf16 exponentials lose the small weights that decide long-context outputs.
-  masked_BxKxGxTxN = jnp.where(vis, scores_BxKxGxTxN, MASKED)
-  p_BxKxGxTxN = jax.nn.softmax(masked_BxKxGxTxN, axis=-1)
-  p_BxKxGxTxN = jnp.where(vis, p_BxKxGxTxN, 0.0)  # nothing visible -> 0, not a uniform average
-  p_BxKxRxN = p_BxKxGxTxN.reshape(b, kv, g * t, s + t).astype(cache_dtype)
-
-  def attend(p_BxKxRxM, values_BxKxMxDh):
-    return jnp.einsum("bkrm,bkmd->bkrd", p_BxKxRxM, values_BxKxMxDh,
-                      preferred_element_type=jnp.float32)
-  out_BxKxRxDh = attend(p_BxKxRxN[..., :s], v_cache_BxKxSxDh) + attend(p_BxKxRxN[..., s:],
-                                                                       v_new_BxKxTxDh)
-  out_BxTxKxGxDh = out_BxKxRxDh.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4)
-  out_BxTxHxDh = out_BxTxKxGxDh.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
-  if not return_residuals:
-    return out_BxTxHxDh
-  any_BxKxGxT = jnp.any(vis, axis=-1)
-  lse_BxKxGxT = jnp.where(any_BxKxGxT, jax.nn.logsumexp(masked_BxKxGxTxN, axis=-1), MASKED)
-  return out_BxTxHxDh, lse_BxKxGxT.transpose(0, 3, 1, 2).reshape(b, t, h)
+  s = k_cache_BxKxSxDh.shape[2]
+  # Slot s of kv head k is visible to every node iff s < cache_len[b, k].
+  cache_vis_BxKx1xS = (jnp.arange(s)[None, None, :] < cache_len_BxK[..., None])[:, :, None, :]
+  out, lse_BxTxH, _ = masked_attention(q_BxTxHxDh, [
+      (k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_vis_BxKx1xS),
+      block_segment(k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, k_cache_BxKxSxDh.dtype)])
+  return (out, lse_BxTxH) if return_residuals else out

@@ -30,15 +30,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxtok_kernels import common
+from jaxtok_kernels import online_softmax, tiling
 from jaxtok_kernels.tree_attention import layout
 
-# Finite "minus infinity" (common.MASKED): a fully masked row keeps m = MASKED, exp(0) is zeroed
-# by the mask, and no inf - inf NaN appears.
-_MASKED = common.MASKED
-# m and l live in lane-replicated (rows, 128) scratch: a (rows, 1) f32 buffer would be padded
-# to a full lane tile anyway, and the replicated form keeps every access lane-aligned.
-_STAT_LANES = 128
 DEFAULT_BLOCK_S = 512
 
 
@@ -50,33 +44,9 @@ def _heads_per_program(kv_heads: int, head_dim: int) -> int:
   overhead, so small heads are grouped; Dh >= 128 gives kh = 1 and the most parallel programs.
   """
   for kh in range(1, kv_heads + 1):
-    if kv_heads % kh == 0 and kh * head_dim >= common.TPU_LANES:
+    if kv_heads % kh == 0 and kh * head_dim >= tiling.TPU_LANES:
       return kh
   return kv_heads
-
-
-def _online_update(m_scr, l_scr, acc_scr, i, s_RxN, vis, v_NxDh):
-  """One FlashAttention-2 step for kv head slot i: fold scores s (fp32) and values v in."""
-  m_prev = m_scr[i][:, :1]
-  l_prev = l_scr[i][:, :1]
-  s_RxN = jnp.where(vis, s_RxN, _MASKED)
-  m_new = jnp.maximum(m_prev, jnp.max(s_RxN, axis=1, keepdims=True))
-  p_RxN = jnp.where(vis, jnp.exp(s_RxN - m_new), 0.0)
-  alpha = jnp.exp(m_prev - m_new)
-  l_scr[i] = jnp.broadcast_to(alpha * l_prev + jnp.sum(p_RxN, axis=1, keepdims=True),
-                              l_scr.shape[1:])
-  m_scr[i] = jnp.broadcast_to(m_new, m_scr.shape[1:])
-  # p in the value dtype: bf16 operands keep the MXU at full rate; the sum stays fp32.
-  pv = lax.dot_general(p_RxN.astype(v_NxDh.dtype), v_NxDh, (((1,), (0,)), ((), ())),
-                       preferred_element_type=jnp.float32)
-  acc_scr[i] = alpha * acc_scr[i] + pv
-
-
-def _scores(q_RxDh, k_NxDh, scale):
-  # q k^T without materialising k^T: contract the head dims of both ("NT" matmul on the MXU).
-  s = lax.dot_general(q_RxDh, k_NxDh, (((1,), (1,)), ((), ())),
-                      preferred_element_type=jnp.float32)
-  return s * scale
 
 
 def _group_lengths(len_ref, bi, ki, kh: int, kv: int):
@@ -102,9 +72,7 @@ def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, *refs, kh,
 
   @pl.when(j == 0)
   def _init():
-    m_scr[...] = jnp.full(m_scr.shape, _MASKED, jnp.float32)
-    l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
-    acc_scr[...] = jnp.zeros(acc_scr.shape, jnp.float32)
+    online_softmax.tpu_init(m_scr, l_scr, acc_scr)
 
   @pl.when((j < n_blocks) & (j * block_s < _max(lengths)))
   def _cache_block():
@@ -114,23 +82,16 @@ def _kernel(len_ref, q_ref, kc_ref, vc_ref, kn_ref, vn_ref, mask_ref, *refs, kh,
       # Slots past cache_len (and a ragged last block's out-of-bounds rows) may hold anything,
       # even NaN; p = 0 there, but 0 * NaN = NaN, so the values are zeroed too.
       v = jnp.where(row_Nx1 < lengths[i], vc_ref[i], 0)
-      k = kc_ref[i]
-      _online_update(m_scr, l_scr, acc_scr, i, _scores(q_ref[i], k, scale),
-                     col_1xN < lengths[i], v)
+      s = online_softmax.tpu_scores(q_ref[i], kc_ref[i], scale)
+      online_softmax.tpu_update(m_scr, l_scr, acc_scr, s, col_1xN < lengths[i], v, at=i)
 
   @pl.when(j == n_blocks)
   def _tree_block_and_finish():
     vis = mask_ref[...] != 0
     for i in range(kh):
-      _online_update(m_scr, l_scr, acc_scr, i, _scores(q_ref[i], kn_ref[i], scale), vis,
-                     vn_ref[i])
-      l = l_scr[i][:, :1]
-      inv = jnp.where(l > 0, 1.0 / l, 0.0)  # nothing visible -> output 0
-      o_ref[i] = (acc_scr[i] * inv).astype(o_ref.dtype)
-      if return_residuals:
-        l_lanes = l_scr[i]
-        lse_ref[i] = jnp.where(l_lanes > 0, m_scr[i] + jnp.log(jnp.maximum(l_lanes, 1e-30)),
-                               _MASKED)
+      s = online_softmax.tpu_scores(q_ref[i], kn_ref[i], scale)
+      online_softmax.tpu_update(m_scr, l_scr, acc_scr, s, vis, vn_ref[i], at=i)
+      online_softmax.tpu_finish(m_scr, l_scr, acc_scr, o_ref, lse_ref, at=i)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,19 +102,19 @@ class TpuConfig:
 
   def __post_init__(self):
     if self.block_s is not None and self.block_s < 1:
-      raise common.BlockSizeError(f"TpuConfig.block_s must be >= 1, got {self.block_s}")
+      raise tiling.BlockSizeError(f"TpuConfig.block_s must be >= 1, got {self.block_s}")
 
 
 def plan(t: int, s: int, kv_heads: int, head_dim: int, config: TpuConfig):
   """Static tiling: (Tp, kh, block_s, n_blocks). Raises BlockSizeError on an illegal block."""
-  t_pad = common.round_up(t, common.TPU_SUBLANES)
+  t_pad = tiling.round_up(t, tiling.TPU_SUBLANES)
   kh = _heads_per_program(kv_heads, head_dim)
   block_s = config.block_s
   if block_s is None:
     block_s = s if s <= DEFAULT_BLOCK_S else DEFAULT_BLOCK_S
-  common.validate_tpu_block("k_cache_BxKxSxDh block (kh, block_s, Dh)",
+  tiling.validate_tpu_block("k_cache_BxKxSxDh block (kh, block_s, Dh)",
                             (kh, block_s, head_dim), (kv_heads, s, head_dim))
-  return t_pad, kh, block_s, common.cdiv(s, block_s)
+  return t_pad, kh, block_s, tiling.cdiv(s, block_s)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "interpret", "return_residuals"))
@@ -164,15 +125,12 @@ def tree_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len
   """Mosaic kernel entry point; same contract as tree_attention_reference."""
   b, t, h, dh = q_BxTxHxDh.shape
   kv, s = k_cache_BxKxSxDh.shape[1:3]
-  g = h // kv
   t_pad, kh, block_s, n_blocks = plan(t, s, kv, dh, config)
-  rows = g * t_pad
-  cache_dtype = k_cache_BxKxSxDh.dtype
-
-  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp, lens_BxK = layout.kernel_operands(
-      q_BxTxHxDh, cache_len_BxK, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, kv, s, t_pad,
-      cache_dtype)
-  lens_flat = lens_BxK.reshape(b * kv)  # 1-D in SMEM (a 2-D SMEM array pads to 128 lanes)
+  rows = (h // kv) * t_pad
+  q_BxKxRxDh, kn_BxKxTpxDh, vn_BxKxTpxDh, mask_BxRxTp = layout.kernel_operands(
+      q_BxTxHxDh, k_cache_BxKxSxDh, k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, t_pad)
+  # 1-D in SMEM: a 2-D SMEM array pads to 128 lanes.
+  lens_flat = layout.clamp_len(cache_len_BxK, s).reshape(b * kv)
 
   def cache_index(bi, ki, j, len_ref):
     # Past the last live block of the program's kv heads, repeat it: same block index =>
@@ -184,22 +142,22 @@ def tree_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len
   tree_block = pl.BlockSpec((None, kh, t_pad, dh), lambda bi, ki, j, _: (bi, ki, 0, 0))
   cache_block = pl.BlockSpec((None, kh, block_s, dh), cache_index)
   # Residuals lane-replicated like m and l: a (rows, 1) block would break the (8, 128) rule.
-  lse_block = pl.BlockSpec((None, kh, rows, _STAT_LANES), lambda bi, ki, j, _: (bi, ki, 0, 0))
+  lse_block = pl.BlockSpec((None, kh, rows, online_softmax.STAT_LANES),
+                           lambda bi, ki, j, _: (bi, ki, 0, 0))
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=1,
       grid=(b, kv // kh, n_blocks + 1),
       in_specs=[head_block, cache_block, cache_block, tree_block, tree_block,
                 pl.BlockSpec((None, rows, t_pad), lambda bi, ki, j, _: (bi, 0, 0))],
       out_specs=[head_block, lse_block] if return_residuals else head_block,
-      scratch_shapes=[pltpu.VMEM((kh, rows, _STAT_LANES), jnp.float32),
-                      pltpu.VMEM((kh, rows, _STAT_LANES), jnp.float32),
-                      pltpu.VMEM((kh, rows, dh), jnp.float32)])
+      scratch_shapes=online_softmax.tpu_scratch(rows, dh, kh))
   kernel = functools.partial(_kernel, kh=kh, kv=kv, block_s=block_s, n_blocks=n_blocks,
                              scale=1.0 / math.sqrt(dh), return_residuals=return_residuals)
   out_shape = jax.ShapeDtypeStruct(q_BxKxRxDh.shape, q_BxTxHxDh.dtype)
   if return_residuals:
-    out_shape = (out_shape, jax.ShapeDtypeStruct((b, kv, rows, _STAT_LANES), jnp.float32))
-  itemsize = jnp.dtype(cache_dtype).itemsize
+    out_shape = (out_shape, jax.ShapeDtypeStruct((b, kv, rows, online_softmax.STAT_LANES),
+                                                 jnp.float32))
+  itemsize = k_cache_BxKxSxDh.dtype.itemsize
   out = pl.pallas_call(
       kernel,
       grid_spec=grid_spec,
@@ -215,7 +173,4 @@ def tree_attention_tpu(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len
       name="tree_attention_tpu",
   )(lens_flat, q_BxKxRxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, kn_BxKxTpxDh, vn_BxKxTpxDh,
     mask_BxRxTp)
-  if not return_residuals:
-    return layout.unfold(out, t, t_pad)
-  o, lse = out
-  return layout.unfold(o, t, t_pad), layout.unfold_lse(lse[..., 0], t, t_pad)
+  return layout.unfold_outputs(out, t, t_pad, return_residuals)

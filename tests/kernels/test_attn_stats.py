@@ -42,7 +42,7 @@ def _inputs(seed=0, block_mask=None):
 
 
 def test_reference_equals_dense_softmax_column_sums():
-  mask = jax.random.bernoulli(jax.random.key(3), 0.6, (B, T, T)) | jnp.eye(T, dtype=bool)
+  mask = jax.random.bernoulli(jax.random.key(3), 0.6, (B, T, T)) | jnp.eye(T, dtype=bool)[None]
   for m in (None, mask):
     args, p = _inputs(seed=1, block_mask=m)
     total, last = reference(*args, m, chunk=5)  # several chunks, a ragged one

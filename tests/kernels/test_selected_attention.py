@@ -19,7 +19,7 @@ def _inputs(seed=0):
   q = jax.random.normal(ks[0], (B, T, H, DH))
   kc, vc = (jax.random.normal(x, (B, K, S, DH)) for x in ks[1:3])
   kn, vn = (jax.random.normal(x, (B, T, K, DH)) for x in ks[3:5])
-  mask = jax.random.bernoulli(ks[5], 0.6, (B, T, T)) | jnp.eye(T, dtype=bool)
+  mask = jax.random.bernoulli(ks[5], 0.6, (B, T, T)) | jnp.eye(T, dtype=bool)[None]
   # Per (row, kv head) spans: sinks + a sentence + a recent run; one head selects nothing,
   # one a single slot, one everything.
   starts = jnp.array([[[0, 40, 280], [0, 0, 0]], [[5, 5, 5], [0, 130, 255]],

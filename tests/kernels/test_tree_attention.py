@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxtok.nn import attention as jaxtok_attention
-from jaxtok_kernels import common
+from jaxtok_kernels import dispatch, numerics
 from jaxtok_kernels.tree_attention.gpu import GpuConfig, tree_attention_gpu
 from jaxtok_kernels.tree_attention.reference import tree_attention_reference as _reference
 from jaxtok_kernels.tree_attention.tpu import TpuConfig, tree_attention_tpu
@@ -24,7 +24,7 @@ tree_attention_reference = jax.jit(_reference, static_argnames="return_residuals
 
 
 def assert_close(out, ref, dtype, reduction):
-  tol = common.tolerance(dtype, reduction)
+  tol = numerics.tolerance(dtype, reduction)
   err = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32))))
   assert err <= tol, f"max |kernel - reference| = {err} > {tol}"
 
@@ -41,7 +41,7 @@ class KernelVsReference:
   config = None  # the backend's tiling with block_s = BLOCK_S
 
   def run(self, args, **kw):
-    interpret = common.backend() != self.platform
+    interpret = dispatch.backend() != self.platform
     return type(self).kernel(*args, config=self.config, interpret=interpret, **kw)
 
   def test_per_head_lengths_ragged_including_zero_and_capacity(self, make_inputs):
@@ -59,7 +59,7 @@ class KernelVsReference:
     assert_close(out, ref_out, jnp.float32, STD["s"] + STD["t"])
     assert lse.shape == (STD["b"], STD["t"], STD["h"]) and lse.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(lse), np.asarray(ref_lse), rtol=1e-5, atol=1e-5)
-    assert bool(jnp.all(lse[4] == common.MASKED))
+    assert bool(jnp.all(lse[4] == numerics.MASKED))
 
   @pytest.mark.parametrize("shape,dtype", [
       (dict(b=3, t=1, h=8, k=2, s=37, dh=32), jnp.float32),     # decode, G=4, S % block != 0

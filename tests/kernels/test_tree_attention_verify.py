@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxtok.nn import masks
-from jaxtok_kernels import common
+from jaxtok_kernels import numerics
 from jaxtok_kernels.tree_attention import gpu, tpu
 from jaxtok_kernels.tree_attention.ops import tree_attention
 from jaxtok_kernels.tree_attention.reference import tree_attention_reference
@@ -46,7 +46,7 @@ def _verify_inputs():
 
 
 def _assert_close(out, ref):
-  tol = common.tolerance(jnp.float32, S + T)
+  tol = numerics.tolerance(jnp.float32, S + T)
   err = float(jnp.max(jnp.abs(out - ref)))
   assert err <= tol, f"max |kernel - reference| = {err} > {tol}"
 
