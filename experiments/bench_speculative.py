@@ -9,9 +9,9 @@ With ``--torch-python PATH`` (an interpreter with torch + transformers), $JAXTOK
 when torch is importable here, Hugging Face transformers runs plain greedy and prompt-lookup
 generate (``prompt_lookup_num_tokens`` = our PLD's N - 1, n-gram 2 as ours;
 ``experiments/refs/hf_speculative.py``) on the same GGUF weights (dequantised to fp32) and the
-same token ids, in the same run, before ours; every row
-gains ``speedup_vs_hf_greedy`` / ``speedup_vs_hf_pld`` (tokens/s ratios) and the table HF's own
-numbers, with how many HF greedy outputs equal ours (DESIGN.md decision 11).
+same token ids, in the same run, before ours; every row gains ``speedup_vs_hf_greedy`` /
+``speedup_vs_hf_pld`` (tokens/s ratios) and the table HF's own numbers, with how many HF greedy
+outputs equal ours (DESIGN.md decision 11).
 
   jaxtok bench speculative --smoke          # a tiny random model, seconds
   jaxtok bench speculative                  # SmolLM2-135M, the experiment's cpu preset

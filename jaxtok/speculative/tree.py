@@ -93,7 +93,7 @@ def ancestor_mask(tree: DraftTree) -> Bool[Array, "B N N"]:
   """mask[b, i, j]: node i may attend to node j (j is an ancestor-or-self of i). Padding nodes
   are hidden from every other node; each node always sees itself (no empty softmax row)."""
   n = tree.n_nodes
-  return masks.tree(tree.parent_BxN) & (tree.valid_BxN[:, None, :] | jnp.eye(n, dtype=bool))
+  return masks.tree(tree.parent_BxN) & (tree.valid_BxN[:, None, :] | jnp.eye(n, dtype=bool)[None])
 
 
 def positions(tree: DraftTree, next_pos_B: Int[Array, "B"]) -> Int[Array, "B N"]:
