@@ -1,4 +1,7 @@
-"""Test session set-up: 8 fake CPU devices (before JAX initialises), fp32 matmuls, no x64."""
+"""Test session set-up: 8 fake CPU devices (before JAX initialises), fp32 matmuls, no x64,
+rank promotion raises (a silent broadcast of mismatched ranks is a bug), and the jaxtyping
+annotations of the core modules are checked at run time (beartype through jaxtyping's import
+hook, installed before any jaxtok import)."""
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -8,3 +11,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+from jaxtyping import install_import_hook  # noqa: E402
+
+# The engine and its data model: every annotated function and struct is shape-checked.
+install_import_hook(["jaxtok.decode", "jaxtok.cache", "jaxtok.nn"], "beartype.beartype")

@@ -53,7 +53,8 @@ class RMSNorm(nnx.Module):
   def __call__(self, x_BxTxD):
     x = x_BxTxD.astype(jnp.float32)  # fp32 statistics even in bf16 compute
     y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...]).astype(x_BxTxD.dtype)
+    scale = self.scale[...].reshape((1,) * (y.ndim - 1) + (-1,))  # rank-matched broadcast
+    return (y * scale).astype(x_BxTxD.dtype)
 
 
 class MLP(nnx.Module):

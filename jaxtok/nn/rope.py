@@ -18,7 +18,7 @@ def rope_angles(positions: Int[Array, "B T *P"], head_dim: int, theta: float,
                      f"shape {positions.shape}")
   per_axis = head_dim // 2 // n_axes
   inv_freq = theta ** (-jnp.arange(per_axis, dtype=jnp.float32) * 2 / (2 * per_axis))
-  angles = pos_BxTxP.astype(jnp.float32)[..., None] * inv_freq  # B T P per_axis
+  angles = pos_BxTxP.astype(jnp.float32)[..., None] * inv_freq[None, None, None]  # B T P per_axis
   return angles.reshape(*angles.shape[:2], -1)
 
 

@@ -25,16 +25,16 @@ from jaxtok.nn.rope import rope_angles
 class Output:
   """What one forward returns (gemma's ``Output``): never a union of shapes.
 
-  logits: fp32 [B, T, V] of the main head ([B, N, V] with ``logits_at_BxN``); extra_logits: one
-  array per extra head (empty tuple without); hidden: the final-norm hidden states
-  (``return_hidden``); cache: the cache with the block written at ``length`` of every layer and
+  logits: fp32 [B, N, V] of the main head (N = T, or the N positions of ``logits_at_BxN``);
+  extra_logits: one array per extra head (empty tuple without); hidden: the final-norm hidden
+  states of those N positions (``return_hidden``); cache: the cache with the block written at ``length`` of every layer and
   kv head, uncommitted (``jaxtok.cache.commit`` makes it visible); kv: the block's per-layer
   (keys post-RoPE, values) [B, T, K, Dh]; stats: per-layer attention statistics
   (``return_stats``).
   """
-  logits: Float[Array, "B T V"]
-  extra_logits: tuple[Float[Array, "B T _"], ...] = ()
-  hidden: Float[Array, "B T D"] | None = None
+  logits: Float[Array, "B N V"]
+  extra_logits: tuple[Float[Array, "B N _"], ...] = ()
+  hidden: Float[Array, "B N D"] | None = None
   cache: KVCache | None = None
   kv: tuple[tuple[Float[Array, "B T K Dh"], Float[Array, "B T K Dh"]], ...] = ()
   stats: tuple[AttnStats, ...] | None = None
