@@ -19,8 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Float
 
-from jaxtok_kernels import common as kernel_common
-from jaxtok_kernels.kvcompress import merge_slots
+from jaxtok_kernels.kvcompress import mass_sums, merge_slots
 
 from jaxtok import cache as cache_lib
 from jaxtok.cache import KVCache, LayerKV
@@ -43,23 +42,9 @@ def merge_reference(x_BxKxSxDh: Float[Array, "B K S Dh"], mass_BxKxS: Float[Arra
 
 
 def merge_sums(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS):
-  """(sum mass*k, sum mass*v, sum mass) per destination. On TPU/GPU the Pallas plan-application
-  kernel (jaxtok_kernels.kvcompress, a blocked one-hot matmul that skips blocks which cannot
-  meet); elsewhere O(S Dh) segment sums (the dense one-hot ``merge_reference`` costs
-  O(S^2 Dh) on a CPU)."""
-  if kernel_common.backend() in ("tpu", "gpu"):
-    return merge_slots(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS)
-  w = mass_BxKxS[..., None]
-  k_sum = segment_sums(w * k_BxKxSxDh.astype(jnp.float32), dest_BxKxS)
-  v_sum = segment_sums(w * v_BxKxSxDh.astype(jnp.float32), dest_BxKxS)
-  return k_sum, v_sum, segment_sums(mass_BxKxS, dest_BxKxS)
-
-
-def segment_sums(x_BxKxSxF, dest_BxKxS):
-  """sum_j x_j per destination (mass and policy statistics follow their slot into a merge)."""
-  s = dest_BxKxS.shape[-1]
-  fn = lambda x, d: jax.ops.segment_sum(x, d, num_segments=s + 1)[:s]
-  return jax.vmap(jax.vmap(fn))(x_BxKxSxF, dest_BxKxS)
+  """(sum mass*k, sum mass*v, sum mass) per destination: the plan-application op
+  (jaxtok_kernels.kvcompress: Pallas on TPU/GPU, O(S Dh) segment sums elsewhere)."""
+  return merge_slots(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS)
 
 
 def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=(), *, merges: bool = True,
@@ -95,7 +80,7 @@ def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=(), *, merges
   else:
     w_BxKxS = mass_BxKxS * jnp.maximum(plan.weight_BxKxS.astype(jnp.float32), 0.0)
     k_sum, v_sum, w_new = merge_sums(layer.k, layer.v, w_BxKxS, dest_BxKxS)
-    m_new = segment_sums(mass_BxKxS, dest_BxKxS)
+    m_new = mass_sums(mass_BxKxS, dest_BxKxS)
   # A destination that received nothing but its own token keeps its exact value (the division
   # m*x/m can round); only real merges are recomputed as means.
   own_mass_BxKxS = jnp.take_along_axis(mass_BxKxS, plan.keep_BxKxS, axis=2)
@@ -106,8 +91,8 @@ def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=(), *, merges
   v = jnp.where(merged_BxKxS[..., None], (v_sum / denom).astype(layer.v.dtype), compact.v)
   live_BxKxS = jnp.arange(s) < compact.length[..., None]
   out_mass = jnp.where(live_BxKxS, m_new, 0.0)
-  out_extra = tuple(jnp.where(live_BxKxS, segment_sums(jnp.where(valid_BxKxS, e, 0.0),
-                                                       dest_BxKxS), 0.0) for e in extra)
+  out_extra = tuple(jnp.where(live_BxKxS, mass_sums(jnp.where(valid_BxKxS, e, 0.0),
+                                                    dest_BxKxS), 0.0) for e in extra)
   return compact.replace(k=k, v=v), out_mass, out_extra
 
 
