@@ -42,9 +42,10 @@ class SpecState:
 
   step: i32[] verify steps so far; cache: holds prompt + emitted tokens except the root;
   root_B: last emitted token; ctx: prompt + emitted tokens; tokens_BxM: emitted tokens
-  (M = max_new_tokens + N; entries past n_B are junk until ``finish``); n_B: emitted per row;
-  done_B: row hit EOS or max_new_tokens; key: PRNG key; drafter: the drafter's state;
-  steps_B / accepted_B / drafted_B: verify steps, accepted and drafted tokens per row.
+  (M = max_new_tokens + N; entries past n_B are junk until ``to_generation``); n_B: emitted per
+  row; done_B: row hit EOS or max_new_tokens; key: PRNG key; drafter: the drafter's state;
+  steps_B / accepted_B / drafted_B: verify steps, emitted accepted drafts and drafted tokens
+  per row.
   """
   step: Int[Array, ""]
   cache: KVCache
