@@ -75,7 +75,9 @@ def _compile_all(target_names: list[str], dtypes: list[str]) -> list[dict]:
   return rows
 
 
-def _side_env(side: str | None, fam: str) -> dict:
+def side_env(side: str | None, fam: str) -> dict:
+  """The environment of a compile-only subprocess for family ``fam`` (tpu | gpu), with that
+  family's side install (``side``/tpu or ``side``/cuda) first on the path."""
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"          # the compile-only topologies need no live backend
   env["TPU_SKIP_MDS_QUERY"] = "1"       # no GCE metadata server to ask for a TPU host
@@ -89,7 +91,7 @@ def _side_env(side: str | None, fam: str) -> dict:
 def _run_family(side: str | None, fam: str, target_names: list[str], dtypes: list[str]):
   cmd = [sys.executable, "-m", "jaxtok_kernels.check", _WORKER_FLAG, "--targets",
          ",".join(target_names), "--dtypes", ",".join(dtypes)]
-  proc = subprocess.run(cmd, env=_side_env(side, fam), capture_output=True, text=True)
+  proc = subprocess.run(cmd, env=side_env(side, fam), capture_output=True, text=True)
   for line in proc.stdout.splitlines():
     if line.startswith("{"):
       return json.loads(line)["rows"]

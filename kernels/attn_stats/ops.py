@@ -15,8 +15,6 @@ from jaxtok_kernels.attn_stats.gpu import GpuConfig, attn_stats_gpu
 from jaxtok_kernels.attn_stats.reference import attn_stats_reference
 from jaxtok_kernels.attn_stats.tpu import TpuConfig, attn_stats_tpu
 
-Implementation = dispatch.Implementation
-
 IMPLEMENTATIONS = dispatch.implementations(
     xla=attn_stats_reference,
     pallas=dispatch.Pallas(tpu=attn_stats_tpu, gpu=attn_stats_gpu, tpu_config=TpuConfig,
@@ -27,7 +25,7 @@ def attn_stats(q_BxTxHxDh: Float[Array, "B T H Dh"], k_BxKxSxDh: Float[Array, "B
                start_BxK: Int[Array, "B K"], lse_BxTxH: Float[Array, "B T H"],
                query_valid_BxT: Bool[Array, "B T"],
                block_mask_BxTxT: Bool[Array, "B T T"] | None = None, *,
-               implementation: Implementation = None, config=None):
+               implementation: dispatch.Implementation = None, config=None):
   """(sum f32[B, K, S], last f32[B, K, S]): attention probability per cache slot summed over
   the valid queries and the G query heads of each kv head, and the last valid query's row.
 

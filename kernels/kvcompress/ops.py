@@ -12,8 +12,6 @@ from jaxtok_kernels.kvcompress.gpu import GpuConfig, merge_slots_gpu
 from jaxtok_kernels.kvcompress.reference import merge_slots_reference
 from jaxtok_kernels.kvcompress.tpu import TpuConfig, merge_slots_tpu
 
-Implementation = dispatch.Implementation
-
 IMPLEMENTATIONS = dispatch.implementations(
     xla=merge_slots_reference,
     pallas=dispatch.Pallas(tpu=merge_slots_tpu, gpu=merge_slots_gpu, tpu_config=TpuConfig,
@@ -21,7 +19,7 @@ IMPLEMENTATIONS = dispatch.implementations(
 
 
 def merge_slots(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS, *,
-                implementation: Implementation = None, config=None):
+                implementation: dispatch.Implementation = None, config=None):
   """(k_sum f32[B, K, S, Dh], v_sum, mass_sum f32[B, K, S])."""
   dispatch.check(IMPLEMENTATIONS, implementation, config)
   layout.validate(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS)

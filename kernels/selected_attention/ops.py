@@ -14,8 +14,6 @@ from jaxtok_kernels.selected_attention.gpu import GpuConfig, selected_attention_
 from jaxtok_kernels.selected_attention.reference import selected_attention_reference
 from jaxtok_kernels.selected_attention.tpu import TpuConfig, selected_attention_tpu
 
-Implementation = dispatch.Implementation
-
 IMPLEMENTATIONS = dispatch.implementations(
     xla=selected_attention_reference,
     pallas=dispatch.Pallas(tpu=selected_attention_tpu, gpu=selected_attention_gpu,
@@ -24,7 +22,7 @@ IMPLEMENTATIONS = dispatch.implementations(
 
 def selected_attention(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, selected_BxKxS,
                        k_new_BxTxKxDh, v_new_BxTxKxDh, block_mask_BxTxT, *,
-                       implementation: Implementation = None, config=None,
+                       implementation: dispatch.Implementation = None, config=None,
                        return_residuals: bool = False):
   """out [B, T, H, Dh], and with ``return_residuals`` (out, lse f32[B, T, H])."""
   dispatch.check(IMPLEMENTATIONS, implementation, config)

@@ -22,7 +22,6 @@ from jaxtok_kernels.tree_attention.gpu import GpuConfig, tree_attention_gpu
 from jaxtok_kernels.tree_attention.reference import tree_attention_reference
 from jaxtok_kernels.tree_attention.tpu import TpuConfig, tree_attention_tpu
 
-Implementation = dispatch.Implementation
 Config = TpuConfig | GpuConfig
 
 IMPLEMENTATIONS = dispatch.implementations(
@@ -35,7 +34,7 @@ def tree_attention(
     q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh: Float[Array, "B K S Dh"],
     v_cache_BxKxSxDh: Float[Array, "B K S Dh"], cache_len_BxK: Int[Array, "B K"],
     k_new_BxTxKxDh: Float[Array, "B T K Dh"], v_new_BxTxKxDh: Float[Array, "B T K Dh"],
-    block_mask_BxTxT: Bool[Array, "B T T"], *, implementation: Implementation = None,
+    block_mask_BxTxT: Bool[Array, "B T T"], *, implementation: dispatch.Implementation = None,
     config: Config | None = None, return_residuals: bool = False):
   """Attention of T new nodes over the cache slots < cache_len[b, k] plus the block under its
   mask. Returns out [B, T, H, Dh], and with ``return_residuals`` (out, lse f32[B, T, H]).

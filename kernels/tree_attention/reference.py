@@ -70,8 +70,9 @@ def masked_attention(q_BxTxHxDh: Float[Array, "B T H Dh"], segments):
   # Nothing visible -> p = 0, not a uniform average.
   p = [x / jnp.where(l_BxKxGxT > 0, l_BxKxGxT, 1.0)[..., None] for x in e]
   out_BxKxRxDh = sum(
-      jnp.einsum("bkrn,bknd->bkrd", x.reshape(b, kv, g * t, -1).astype(v_BxKxNxDh.dtype),
-                 v_BxKxNxDh, preferred_element_type=jnp.float32)
+      jnp.einsum("bkrn,bknd->bkrd",
+                 x.reshape(b, kv, g * t, x.shape[-1]).astype(v_BxKxNxDh.dtype), v_BxKxNxDh,
+                 preferred_element_type=jnp.float32)
       for x, (_, v_BxKxNxDh, _) in zip(p, segments))
   out_BxTxHxDh = out_BxKxRxDh.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(
       b, t, h, dh).astype(q_BxTxHxDh.dtype)

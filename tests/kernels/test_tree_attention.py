@@ -13,6 +13,7 @@ import pytest
 
 from jaxtok.nn import attention as jaxtok_attention
 from jaxtok_kernels import dispatch, numerics
+from jaxtok_kernels.tree_attention import reference as reference_lib
 from jaxtok_kernels.tree_attention.gpu import GpuConfig, tree_attention_gpu
 from jaxtok_kernels.tree_attention.reference import tree_attention_reference as _reference
 from jaxtok_kernels.tree_attention.tpu import TpuConfig, tree_attention_tpu
@@ -190,6 +191,40 @@ def test_reference_hand_worked_gqa():
   np.testing.assert_allclose(np.asarray(out[0, 0, 0]), (e2 + 3) / (e2 + 1), rtol=1e-6)
   # head 1: scores (0, 0) -> uniform: (1 + 3) / 2 = 2
   np.testing.assert_allclose(np.asarray(out[0, 0, 1]), 2.0, rtol=1e-6)
+
+
+def test_masked_attention_is_the_dense_softmax_over_concatenated_segments():
+  # The one masked softmax, against jax.nn.softmax / logsumexp over the keys of all segments
+  # concatenated: two ragged segments and an empty one (attention without a cache), GQA G = 3,
+  # a row with nothing visible (out 0, lse MASKED, finite gradients).
+  b, t, h, kv, dh = 2, 5, 6, 2, 8
+  ks = jax.random.split(jax.random.key(21), 7)
+  q = jax.random.normal(ks[0], (b, t, h, dh))
+  sizes = (7, 0, 5)
+  keys = [jax.random.normal(k, (b, kv, n, dh)) for k, n in zip(ks[1:4], sizes)]
+  values = [jax.random.normal(k, (b, kv, n, dh)) for k, n in zip(ks[4:7], sizes)]
+  vis = [jax.random.bernoulli(jax.random.fold_in(ks[0], n), 0.5, (b, kv, t, n)) for n in sizes]
+  vis = [v.at[1, 0, 2].set(False) for v in vis]  # row 1, kv head 0, query 2: nothing visible
+  segments = list(zip(keys, values, vis))
+  out, lse, p = reference_lib.masked_attention(q, segments)
+
+  scores = jnp.einsum("btkgd,bknd->bkgtn", q.reshape(b, t, kv, h // kv, dh),
+                      jnp.concatenate(keys, 2)) / math.sqrt(dh)
+  vis_all = jnp.concatenate(vis, -1)[:, :, None]
+  masked = jnp.where(vis_all, scores, -jnp.inf)
+  want_p = jnp.where(vis_all, jax.nn.softmax(masked, axis=-1), 0.0)
+  want_lse = jax.nn.logsumexp(masked, axis=-1)
+  want_out = jnp.einsum("bkgtn,bknd->btkgd", want_p, jnp.concatenate(values, 2))
+  np.testing.assert_allclose(jnp.concatenate(p, -1), want_p, atol=1e-6)
+  np.testing.assert_allclose(out, want_out.reshape(b, t, h, dh), atol=1e-5)
+  lse_BxKxGxT = lse.reshape(b, t, kv, h // kv).transpose(0, 2, 3, 1)
+  nothing = ~jnp.any(vis_all, axis=-1)
+  np.testing.assert_allclose(jnp.where(nothing, 0.0, lse_BxKxGxT),
+                             jnp.where(nothing, 0.0, want_lse), atol=1e-5)
+  assert bool(jnp.all(jnp.where(nothing, lse_BxKxGxT == numerics.MASKED, True)))
+  assert float(jnp.abs(out[1, 2, :3]).max()) == 0.0
+  grad = jax.grad(lambda q_: reference_lib.masked_attention(q_, segments)[0].sum())(q)
+  assert bool(jnp.all(jnp.isfinite(grad)))
 
 
 def test_model_cached_attention_uses_dispatcher(make_inputs):
