@@ -136,7 +136,8 @@ class PermutationSource(SeededSource):
     check_task(n, n_scratch)
     require(kind in ("vector", "tokens"), "kind", "vector | tokens", kind)
     self.n, self.kind, self.n_scratch, self.k, self.variant = n, kind, n_scratch, k, variant
-    mask_for(variant, n, n_scratch, 1)  # validates the variant
+    # Built once (validating the variant): per example it would be a JAX call per row.
+    self.mask_TxT = mask_for(variant, n, n_scratch, 1)[0]
 
   def generate(self, rng):
     if self.kind == "vector":
@@ -145,7 +146,7 @@ class PermutationSource(SeededSource):
       ex = token_batch(rng, 1, self.n, self.k, n_scratch=self.n_scratch)
     ex = {name: v[0] for name, v in ex.items()}
     if self.kind == "vector" or self.variant in ("prefix", "unmasked"):
-      ex["mask"] = mask_for(self.variant, self.n, self.n_scratch, 1)[0]
+      ex["mask"] = self.mask_TxT
     return ex
 
 

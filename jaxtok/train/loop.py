@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -275,7 +276,10 @@ def _train(model_factory, train_cfg, mesh_cfg, *, train_source, val_batches, bat
   check(dataset[0], "train batch 0")
   for i, b in enumerate(val_batches):
     check(b, f"validation batch {i}")
-  data_iter = iter(dataset.to_iter_dataset())
+  # A few batches ahead: grain's default (16 threads, 500 batches) makes a short run of a costly
+  # synthetic source generate hundreds of batches it never uses.
+  data_iter = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2,
+                                                             prefetch_buffer_size=8)))
   ckpt = Checkpointer(out_dir / "checkpoints")
   latest = ckpt.latest_step()
   if not resume and latest is not None:
