@@ -12,10 +12,10 @@ from jaxtok import kvcompress as kc
 from jaxtok import cache as cache_lib
 from jaxtok.cache import init_cache
 from jaxtok.config import ConfigError
-from jaxtok.decode import Model, decode_step
+from jaxtok.decode import Model, decode_step, extend
 from jaxtok.kvcompress import sentencekv
 from jaxtok.nn.config import ModelConfig
-from jaxtok.nn.transformer import forward, init_model
+from jaxtok.nn.transformer import init_model
 
 CFG = ModelConfig(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
                   max_len=128)
@@ -90,5 +90,5 @@ def test_selection_misuse_raises(model):
   selected = cache_lib.select(cache, tuple(jnp.ones((2, CFG.kv_heads, 8), bool)
                                            for _ in range(CFG.n_layers)))
   with pytest.raises(NotImplementedError, match="statistics"):
-    forward(m.graphdef, m.params, jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32), cache=selected,
-            return_stats=True)
+    extend(m, selected, jnp.zeros((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32),
+           return_stats=True)
