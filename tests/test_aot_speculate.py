@@ -7,10 +7,10 @@ bad inputs, the gate on hand-written HLO, and the whole loop lowered for this CP
 """
 import pytest
 
-from jaxtok import aot, hlo
+from jaxtok import hlo
+from jaxtok.cli import aot
 from jaxtok.nn import ModelConfig
 from jaxtok.speculative.recycling import TokenRecycling
-from jaxtok_experiments import aot_cli
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -21,13 +21,13 @@ from jaxtok_experiments import aot_cli
 ])
 def test_bad_speculate_arguments_name_the_argument(capsys, argv, needle):
   # The checks run before the model is resolved: no download, no compile.
-  assert aot_cli.main(["--decode", "smollm2-135m", "--target", "h100", *argv]) == 2
+  assert aot.main(["--decode", "smollm2-135m", "--target", "h100", *argv]) == 2
   err = capsys.readouterr().err
   assert "error" in err and needle in err, err
 
 
 def test_parser_defaults_to_plain_decoding():
-  args = aot_cli.parser().parse_args(["--decode", "smollm2-135m", "--speculate", "tr"])
+  args = aot.parser().parse_args(["--decode", "smollm2-135m", "--speculate", "tr"])
   assert args.speculate == "tr" and args.tree_nodes is None
   assert aot.device_drafter("tr").n_nodes == aot.PAPER_TREE_NODES["tr"] == 80
   assert aot.device_drafter("tr", 16).n_nodes == 16

@@ -33,11 +33,12 @@ def compile_train_step(cfg, topology: str) -> dict:
   import jax
   from jax.experimental import topologies
 
-  from jaxtok.train.loop import compile_train_step as jit_step, fresh_state, setup
+  from jaxtok.train.loop import (compile_train_step as jit_step, fresh_state, setup,
+                                 transformer_factory)
 
   topo = topologies.get_topology_desc(topology, "tpu")
-  s = setup(cfg.model, cfg.train, cfg.mesh, devices=topo.devices)
-  state_sds = jax.eval_shape(lambda: fresh_state(s, cfg.model, cfg.train.seed))
+  s = setup(transformer_factory(cfg.model), cfg.train, cfg.mesh, devices=topo.devices)
+  state_sds = jax.eval_shape(lambda: fresh_state(s, cfg.train.seed))
   state_sds = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                            state_sds, s.state_shardings)
   b, t = cfg.data.batch_size, cfg.data.seq_len
@@ -95,13 +96,13 @@ def device_drafter(name: str, tree_nodes: int | None = None):
   """The drafter ``name`` for an on-device loop; ValueError naming ``--speculate`` /
   ``--tree-nodes`` for an unknown name, a host drafter or a bad node count."""
   from jaxtok.config import require
-  from jaxtok.speculative.drafters import make_drafter
+  from jaxtok.speculative import DeviceDrafter, make_drafter
 
   if tree_nodes is not None:
     require(tree_nodes >= 2, "--tree-nodes", ">= 2 (the root and at least one draft)",
             tree_nodes)
   drafter = make_drafter(name, tree_nodes or PAPER_TREE_NODES.get(name))
-  if getattr(drafter, "host", False) or not hasattr(drafter, "propose"):
+  if not isinstance(drafter, DeviceDrafter):
     raise ValueError(f"--speculate: {name!r} drafts on the host between steps, so there is no "
                      f"single on-device loop to compile; expected one of "
                      f"{'|'.join(sorted(PAPER_TREE_NODES))}")
@@ -124,13 +125,13 @@ def compile_generation(cfg, target: str, *, batch: int, prompt_len: int, new_tok
 
   from jaxtok import decode
   from jaxtok.nn.transformer import init_model
-  from jaxtok_kernels import common, targets
+  from jaxtok_kernels import dispatch, targets
 
   n_nodes = 1 if drafter is None else drafter.n_nodes
   if drafter is None:
     capacity = prompt_len + new_tokens
   else:
-    from jaxtok.speculative.loop import min_capacity
+    from jaxtok.speculative import min_capacity
     capacity = min_capacity(prompt_len, new_tokens, n_nodes)
   if capacity > cfg.max_len:
     raise ValueError(f"--prompt-len {prompt_len} + --new-tokens {new_tokens}"
@@ -153,7 +154,7 @@ def compile_generation(cfg, target: str, *, batch: int, prompt_len: int, new_tok
   key = place(jax.eval_shape(lambda: jax.random.key(0)))
   statics = dict(capacity=capacity, max_new_tokens=new_tokens, sampling=decode.Sampling(),
                  eos_id=None)
-  with ctx, common.compile_for(family):
+  with ctx, dispatch.compile_for(family):
     if drafter is None:
       traced = decode.generate_on_device.trace(model, prompt, lens, key, **statics)
     else:
@@ -211,14 +212,6 @@ def decode_report(r: dict) -> str:
 
 # ---- the command line -----------------------------------------------------------------------
 
-def _side_folder(side: str, argv: list[str]) -> str:
-  """The side install a subprocess needs: cuda/ for a GPU --target, else tpu/."""
-  from jaxtok_kernels.targets import GPU_TARGETS
-
-  target = argv[argv.index("--target") + 1] if "--target" in argv[:-1] else ""
-  return os.path.join(side, "cuda" if target in GPU_TARGETS else "tpu")
-
-
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxtok aot", description=__doc__.split("\n\n")[0])
   p.add_argument("--exp", default="lm")
@@ -244,11 +237,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = parser().parse_args(argv)
   if args.side:
+    from jaxtok_kernels.check import side_env
+    from jaxtok_kernels.targets import GPU_TARGETS
+
     rest = list(argv if argv is not None else sys.argv[1:])
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1",
-           "PYTHONPATH": os.pathsep.join(x for x in (_side_folder(args.side, rest),
-                                                     os.environ.get("PYTHONPATH")) if x)}
-    env.pop("XLA_FLAGS", None)
+    # The side install this compile needs: cuda/ for a GPU --target, else tpu/.
+    gpu = args.decode is not None and args.target in GPU_TARGETS
+    env = side_env(args.side, "gpu" if gpu else "tpu")
     env.pop("JAXTOK_COMPILE_SIDE", None)
     i = rest.index("--side") if "--side" in rest else None
     if i is not None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from jaxtok_kernels.common import round_up
+from jaxtok_kernels.tiling import round_up
 
 _BUCKET = 64  # prompt lengths and cache capacities are rounded up to this (fewer compiles)
 
@@ -98,9 +98,13 @@ def _parser() -> argparse.ArgumentParser:
                  help="tree speculative decoding with this drafter (one prompt); prints MAT "
                       "and tokens/s")
   p.add_argument("--kv-policy", default=None, metavar="NAME",
-                 help="greedy decoding under a KV budget kept by this jaxtok.kvcompress policy "
-                      "(h2o, tova, streaming_llm, snapkv, ...)")
-  p.add_argument("--kv-budget", type=int, default=256, help="--kv-policy: slots per kv head")
+                 help="decode under a KV budget kept by this jaxtok.kvcompress policy (h2o, "
+                      "tova, streaming_llm, snapkv, ...; one prompt)")
+  p.add_argument("--kv-budget", type=int, default=256,
+                 help="--kv-policy: slots per kv head (default 256)")
+  p.add_argument("--kv-every", type=int, default=16,
+                 help="--kv-policy: compact back to the budget every N generated tokens "
+                      "(default 16; 1 = the papers' evict-one-per-step)")
   return p
 
 
@@ -123,6 +127,7 @@ def _run(args) -> int:
   sampling = decode.Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
   if args.max_new_tokens <= 0:
     raise ValueError(f"--max-new-tokens: expected > 0, got {args.max_new_tokens}")
+  comp = _check_modes(args)  # bad --speculate / --kv-* values fail before the model loads
   start = time.time()
   model = load(args.model, dtype=args.dtype)
   tok = model.tokenizer
@@ -147,7 +152,7 @@ def _run(args) -> int:
   if args.speculate is not None:
     return _speculate(args, model, texts, ids, sampling, key)
   if args.kv_policy is not None:
-    return _compressed(args, model, texts, ids)
+    return _compressed(args, model, texts, ids, sampling, key, comp)
   if len(ids) == 1 and not args.no_stream:
     sys.stdout.write(texts[0])
     sys.stdout.flush()
@@ -180,41 +185,53 @@ def _run(args) -> int:
   return 0
 
 
+def _check_modes(args):
+  """Validates the mode flags on the host; returns the KV compactor of --kv-policy (or None)."""
+  if args.speculate is not None and args.kv_policy is not None:
+    raise ValueError("--speculate and --kv-policy: pick one")
+  if (args.speculate or args.kv_policy) and len(args.prompt) != 1:
+    raise ValueError(f"--{'speculate' if args.speculate else 'kv-policy'}: expected exactly one "
+                     f"--prompt, got {len(args.prompt)}")
+  if args.speculate is not None:
+    from jaxtok.speculative import make_drafter
+    make_drafter(args.speculate)
+    return None
+  if args.kv_policy is None:
+    return None
+  from jaxtok import kvcompress
+  return kvcompress.compactor(args.kv_policy, budget_tokens=args.kv_budget,
+                              every=args.kv_every)
+
+
 def _speculate(args, model, texts, ids, sampling, key) -> int:
   """Same output as greedy (or as plain sampling, in distribution); reports the speed-up's
   ingredients: mean accepted tokens per verify step and the decode rate after compiling."""
-  from jaxtok.speculative import speculate
+  from jaxtok import speculative
 
-  if len(ids) != 1:
-    raise ValueError("--speculate: expected exactly one --prompt")
-  out, r = speculate(model.graphdef, model.params, ids[0], args.speculate,
-                     max_new_tokens=args.max_new_tokens, sampling=sampling, key=key,
-                     eos_id=model.tokenizer.eos_id)
+  out, gen = speculative.speculate(model, ids[0], args.speculate,
+                                   max_new_tokens=args.max_new_tokens, sampling=sampling, key=key,
+                                   eos_id=model.tokenizer.eos_id)
   print(texts[0] + model.tokenizer.decode(out, skip_special_tokens=True))
-  print(f"[{args.speculate}: {len(out)} tokens, MAT {r.mat:.2f}, {r.tokens_per_s:.1f} tok/s]",
-        file=sys.stderr)
+  print(f"[{args.speculate}: {len(out)} tokens, MAT {speculative.mat(gen):.2f}, "
+        f"{speculative.tokens_per_s(gen):.1f} tok/s]", file=sys.stderr)
   return 0
 
 
-def _compressed(args, model, texts, ids) -> int:
-  """Greedy generation while the policy keeps every (layer, kv head) at --kv-budget slots."""
-  from jaxtok import kvcompress
-  from jaxtok.kvcompress.decoding import generate
+def _compressed(args, model, texts, ids, sampling, key, comp) -> int:
+  """Decoding (greedy or sampled, stopping at EOS) while the policy keeps every (layer, kv
+  head) at --kv-budget slots: the engine's one decode loop with a KV compactor."""
+  import jax.numpy as jnp
 
-  if len(ids) != 1:
-    raise ValueError("--kv-policy: expected exactly one --prompt")
-  if args.temperature:
-    raise ValueError("--kv-policy: greedy only (--temperature 0)")
-  tokens, info = generate(model.graphdef, model.params, np.asarray([ids[0]], np.int32),
-                          policy=kvcompress.make(args.kv_policy), budget_tokens=args.kv_budget,
-                          max_new_tokens=args.max_new_tokens,
-                          window=max(1, min(32, args.kv_budget // 2, len(ids[0]) - 1)))
-  out = [int(t) for t in tokens[0]]
-  if model.tokenizer.eos_id in out:
-    out = out[:out.index(model.tokenizer.eos_id) + 1]
-  print(texts[0] + model.tokenizer.decode(out, skip_special_tokens=True))
-  print(f"[{args.kv_policy}: budget {args.kv_budget} slots per head, prompt kept "
-        f"{info['prefill_kept_fraction']:.0%}, cache capacity {info['capacity']}]", file=sys.stderr)
+  from jaxtok import decode
+
+  prompt = jnp.asarray([ids[0]], jnp.int32)
+  gen = decode.generate(model, prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
+                        key=key, eos_id=model.tokenizer.eos_id, compactor=comp,
+                        capacity=len(ids[0]) + args.max_new_tokens)
+  print(texts[0] + model.tokenizer.decode(gen.rows()[0], skip_special_tokens=True))
+  print(f"[{args.kv_policy}: budget {args.kv_budget} slots per kv head, compacted every "
+        f"{args.kv_every} tokens; cache {comp.capacity(model.cfg.kv_heads)} slots while "
+        f"decoding]", file=sys.stderr)
   return 0
 
 

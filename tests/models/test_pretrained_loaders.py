@@ -204,6 +204,32 @@ def test_cli_prompt_longer_than_capacity(tiny_files, capsys):
   assert rc == 2 and "exceeds the KV-cache capacity 32" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["--speculate", "medusa"], "--speculate"),
+    (["--kv-policy", "nope"], "policy"),
+    (["--kv-policy", "h2o", "--kv-budget", "0"], "budget_tokens"),
+    (["--kv-policy", "h2o", "--speculate", "tr"], "pick one"),
+    (["--kv-policy", "h2o", "--prompt", "y"], "exactly one --prompt"),
+])
+def test_cli_mode_flags_fail_before_the_model_loads(argv, needle, capsys):
+  # "missing.gguf" does not exist: reaching the loader would say so instead.
+  rc = generate_cli.main(["--model", "missing.gguf", "--prompt", "x", *argv])
+  err = capsys.readouterr().err
+  assert rc == 2 and needle in err and "does not exist" not in err, err
+
+
+def test_cli_compressed_and_speculative_decoding_run(tiny_files, capsys):
+  """--kv-policy decodes through the one loop (sampling allowed now); --speculate prints MAT."""
+  model = str(tiny_files["F32"])
+  assert generate_cli.main(["--model", model, "--prompt", "the cat sat on the mat " * 4,
+                            "--max-new-tokens", "6", "--kv-policy", "h2o", "--kv-budget", "8",
+                            "--kv-every", "2", "--temperature", "0.8"]) == 0
+  assert "budget 8 slots per kv head" in capsys.readouterr().err
+  assert generate_cli.main(["--model", model, "--prompt", "the cat sat on the mat",
+                            "--max-new-tokens", "6", "--speculate", "pld"]) == 0
+  assert "MAT" in capsys.readouterr().err
+
+
 def test_score_texts_matches_a_direct_forward(tiny_files):
   from jaxtok.models import evaluate
 
