@@ -1,9 +1,10 @@
 """Selected attention over a KV cache - Pallas TPU (Mosaic) kernel.
 
-FlashAttention-2's online softmax (arXiv 2307.08691, Algorithm 1) over only the cache blocks
-that hold a selected slot, then the new block under its mask (kernels/tree_attention's final
-step). The block table of each (row, kv head) arrives by scalar prefetch
-(pltpu.PrefetchScalarGridSpec), so the cache index_map DMAs block ``table[j]`` at grid step j -
+FlashAttention-2's online softmax (arXiv 2307.08691, Algorithm 1; kernels/online_softmax.py)
+over only the cache blocks that hold a selected slot, then the new block under its mask
+(kernels/tree_attention's final step). The block table of each (row, kv head) arrives by
+scalar prefetch (pltpu.PrefetchScalarGridSpec), so the cache index_map DMAs block ``table[j]``
+at grid step j -
 a gather of whole [block_s, Dh] tiles straight from the cache as stored, the per-head page
 table of paged attention (kv_and_tree.md "Which loops become Pallas kernels", K4):
 

@@ -1,7 +1,8 @@
 """Tree attention over a KV cache - Pallas TPU (Mosaic) kernel.
 
-FlashAttention-2's online softmax (Dao, arXiv 2307.08691, Algorithm 1) over the cache blocks,
-with the draft tree block of SpecInfer-style verification (arXiv 2305.09781) as one extra step:
+FlashAttention-2's online softmax (Dao, arXiv 2307.08691, Algorithm 1; kernels/online_softmax.py)
+over the cache blocks, with the draft tree block of SpecInfer-style verification (arXiv
+2305.09781) as one extra step:
 
   grid = (B, K / kh, n_blocks + 1)       kh kv heads per program (1 when Dh fills the lanes)
   steps j < n_blocks : cache block j (all visible below cache_len), skipped past cache_len
