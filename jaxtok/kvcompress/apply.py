@@ -61,7 +61,7 @@ def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=(), *, merges
     if cap > s:
       raise ValueError(f"capacity: expected at most the cache capacity {s}, got {cap}")
     compact = cache_lib.keep_layer(layer, plan.keep_BxKxS, plan.n_keep_BxK, cap)
-    live_BxKxM = jnp.arange(cap) < compact.length[..., None]
+    live_BxKxM = jnp.arange(cap)[None, None, :] < compact.length[..., None]
     if not merges:
       out_mass = jnp.where(live_BxKxM, jnp.take_along_axis(
           mass_BxKxS, plan.keep_BxKxS[:, :, :cap], axis=2), 0.0)
@@ -84,12 +84,12 @@ def apply_layer(layer: LayerKV, plan: LayerPlan, mass_BxKxS, extra=(), *, merges
   # A destination that received nothing but its own token keeps its exact value (the division
   # m*x/m can round); only real merges are recomputed as means.
   own_mass_BxKxS = jnp.take_along_axis(mass_BxKxS, plan.keep_BxKxS, axis=2)
-  merged_BxKxS = ((m_new != own_mass_BxKxS) & (jnp.arange(s) < compact.length[..., None])
+  merged_BxKxS = ((m_new != own_mass_BxKxS) & (jnp.arange(s)[None, None, :] < compact.length[..., None])
                   & (w_new > 0))
   denom = jnp.maximum(w_new, 1e-30)[..., None]
   k = jnp.where(merged_BxKxS[..., None], (k_sum / denom).astype(layer.k.dtype), compact.k)
   v = jnp.where(merged_BxKxS[..., None], (v_sum / denom).astype(layer.v.dtype), compact.v)
-  live_BxKxS = jnp.arange(s) < compact.length[..., None]
+  live_BxKxS = jnp.arange(s)[None, None, :] < compact.length[..., None]
   out_mass = jnp.where(live_BxKxS, m_new, 0.0)
   out_extra = tuple(jnp.where(live_BxKxS, mass_sums(jnp.where(valid_BxKxS, e, 0.0),
                                                     dest_BxKxS), 0.0) for e in extra)

@@ -132,7 +132,7 @@ class KVCompactor:
   def compact(self, cache: KVCache, aux: CompactState) -> tuple[KVCache, CompactState]:
     s = cache.capacity
     # a slot written since the last compaction holds one token
-    mass = tuple(jnp.where(jnp.arange(s) < l.length[..., None], jnp.maximum(m, 1.0), 0.0)
+    mass = tuple(jnp.where(jnp.arange(s)[None, None, :] < l.length[..., None], jnp.maximum(m, 1.0), 0.0)
                  for m, l in zip(aux.mass, cache.layers))
     cfg_layers, kh = len(cache.layers), cache.layers[0].length.shape[1]
     res = compress(cache, self.policy, uniform(cfg_layers, kh, self.budget_tokens),

@@ -30,7 +30,8 @@ def rerotate(k_BxKxSxDh: Float[Array, "B K S Dh"], old_pos_BxKxS: Int[Array, "B 
   dh = k_BxKxSxDh.shape[-1]
   require(dh % 2 == 0, "k_BxKxSxDh", "an even head dim", dh)
   inv_freq = theta ** (-jnp.arange(dh // 2, dtype=jnp.float32) * 2 / dh)
-  delta = (new_pos_BxKxS - old_pos_BxKxS).astype(jnp.float32)[..., None] * inv_freq
+  delta = ((new_pos_BxKxS - old_pos_BxKxS).astype(jnp.float32)[..., None]
+           * inv_freq[None, None, None, :])
   cos, sin = jnp.cos(delta), jnp.sin(delta)
   x1, x2 = jnp.split(k_BxKxSxDh.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -51,7 +52,7 @@ def shift(cache: KVCache, from_pos: int, delta: int, theta: float) -> KVCache:
 def _select(cache: KVCache, keep_BxKxS):
   """Compacts every layer to the slots where ``keep_BxKxS`` is True (in slot order)."""
   s = cache.capacity
-  idx = jnp.sort(jnp.where(keep_BxKxS, jnp.arange(s), s), axis=-1)
+  idx = jnp.sort(jnp.where(keep_BxKxS, jnp.arange(s)[None, None, :], s), axis=-1)
   n = jnp.sum(keep_BxKxS, axis=-1).astype(jnp.int32)
   return cache_lib.keep(cache, (jnp.minimum(idx, s - 1),) * len(cache.layers),
                         (n,) * len(cache.layers))

@@ -69,7 +69,7 @@ def top_plan(scores_BxKxS: Float[Array, "B K S"], layer: LayerKV,
 
 def plan_from_mask(kept_BxKxS, n_keep_BxK, s: int) -> LayerPlan:
   slot_S = jnp.arange(s, dtype=jnp.int32)
-  keep_BxKxS = jnp.sort(jnp.where(kept_BxKxS, slot_S, s), axis=-1)
+  keep_BxKxS = jnp.sort(jnp.where(kept_BxKxS, slot_S[None, None, :], s), axis=-1)
   new_index_BxKxS = jnp.cumsum(kept_BxKxS, axis=-1, dtype=jnp.int32) - 1
   dest_BxKxS = jnp.where(kept_BxKxS, new_index_BxKxS, s)
   return LayerPlan(keep_BxKxS=jnp.minimum(keep_BxKxS, s - 1), n_keep_BxK=n_keep_BxK,

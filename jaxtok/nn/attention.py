@@ -219,7 +219,7 @@ def _cached_fused(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK,
     # Cache part and block part side by side, as the reference attends them.
     dt = k_cache_BxKxSxDh.dtype
     out, lse, (slot_sum, block_sum) = fused.attend(q_BxTxHxDh, [
-        (k_cache_BxKxSxDh, v_cache_BxKxSxDh, (slot_S < cache_len_BxK[..., None])[:, :, None]),
+        (k_cache_BxKxSxDh, v_cache_BxKxSxDh, (slot_S[None, None, :] < cache_len_BxK[..., None])[:, :, None]),
         (jnp.swapaxes(k_new_BxTxKxDh.astype(dt), 1, 2),
          jnp.swapaxes(v_new_BxTxKxDh.astype(dt), 1, 2),
          masks.as_array(mask, b, t).astype(bool)[:, None])])
@@ -229,7 +229,7 @@ def _cached_fused(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK,
   # (slot s visible to block query t iff s <= cache_len + t), summing into slot space.
   def attend(q_CxH, first_BxK):
     c = q_CxH.shape[1]
-    limit_BxKxC = first_BxK[..., None] + jnp.arange(c)
+    limit_BxKxC = first_BxK[..., None] + jnp.arange(c)[None, None, :]
     vis = slot_S[None, None, None, :] <= limit_BxKxC[..., None]
     out, lse, (slot_sum,) = fused.attend(q_CxH, [(k_cache_BxKxSxDh, v_cache_BxKxSxDh, vis)])
     return out, lse, slot_sum
@@ -284,7 +284,8 @@ def _cached_kernel(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK
 
 
 def slot_stats(q_BxTxHxDh: Float[Array, "B T H Dh"], k_BxKxSxDh: Float[Array, "B K S Dh"],
-               start_BxK: Int[Array, "B K"], mask: masks.Mask, query_valid_BxT: Bool[Array, "B T"],
+               start_BxK: Int[Array, "B K"], mask: Bool[Array, "B T T"] | masks.Causal,
+               query_valid_BxT: Bool[Array, "B T"],
                lse_BxTxH: Float[Array, "B T H"] | SoftmaxResidual) -> AttnStats:
   """Attention statistics over the slots of ``k`` (the cache with the block written at
   ``start .. start + T``): slot s is visible to query t iff s < start (committed) or it holds

@@ -147,7 +147,7 @@ def _layer0_keys(tokens_BxT, pos_BxT):
 def test_rerotated_keys_equal_fresh_keys_at_new_positions():
   toks = prompt(2, 10)
   old = jnp.broadcast_to(jnp.arange(10), (2, 10))
-  new = old + jnp.array([[7], [-3]]) + (jnp.arange(10) >= 5) * 4
+  new = old + jnp.array([[7], [-3]]) + (jnp.arange(10)[None, :] >= 5) * 4
   new = jnp.maximum(new, 0)
   k_old, k_new = _layer0_keys(toks, old), _layer0_keys(toks, new)
   bcast = lambda p: jnp.broadcast_to(p[:, None, :], k_old.shape[:3])
