@@ -73,7 +73,7 @@ def test_semi_lexinvariant_mix_at_p0_is_the_standard_tied_lm_and_at_p1_the_lexin
   std_graphdef, std_params = split_params(init_model(ModelConfig(**kw), 1))
   # The standard tied LM with the same trunk and its table = the semi-lex learned rows.
   ext_pure, std_pure = nnx.to_pure_dict(params), nnx.to_pure_dict(std_params)
-  std_pure = {k: (np.asarray(ext_pure["unembed"]).T if k == "embed" else ext_pure[k])
+  std_pure = {k: (jnp.asarray(ext_pure["unembed"]).T if k == "embed" else ext_pure[k])
               for k in std_pure}
   nnx.replace_by_pure_dict(std_params, std_pure)
   rng = np.random.default_rng(0)
