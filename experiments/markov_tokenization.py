@@ -172,7 +172,7 @@ def _kl_to_unigram(model: Model, inputs_BxT, logq_V):
   b, t = inputs_BxT.shape
   logits_BxTxV = forward(model.graphdef, model.params, inputs_BxT, default_positions(b, t)).logits
   logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), -1)
-  return jnp.mean(jnp.sum(jnp.exp(logp_BxTxV) * (logp_BxTxV - logq_V), -1))
+  return jnp.mean(jnp.sum(jnp.exp(logp_BxTxV) * (logp_BxTxV - logq_V[None, None]), -1))
 
 
 def _train_one(cfg: Config, name: str, tokens: np.ndarray, val_tokens: np.ndarray, vocab: int,

@@ -61,7 +61,7 @@ def test_a_loss_with_external_embeddings_and_a_prefix_mask_trains():
 def test_default_loss_is_the_next_token_cross_entropy():
   cfg = ModelConfig(vocab_size=V, d_model=D, n_layers=1, n_heads=2, d_ff=32, max_len=T)
   graphdef, params = split_params(init_model(cfg, 0))
-  batch = _copy_batch(0)
+  batch = {k: jnp.asarray(v) for k, v in _copy_batch(0).items()}
   loss, aux = next_token_loss(graphdef, params, batch, None)
   logits = forward(graphdef, params, batch["inputs"], default_positions(B, T)).logits
   ref = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
