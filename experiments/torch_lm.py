@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_MASKED = -1e30  # = jaxtok_kernels.common.MASKED (this replica runs without jax installed)
+_MASKED = -1e30  # = jaxtok_kernels.numerics.MASKED (this replica runs without jax installed)
 
 
 def param_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:

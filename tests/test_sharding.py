@@ -9,7 +9,7 @@ from jaxtok.nn import ModelConfig, init_model
 from jaxtok.sharding import (MeshConfig, describe_sharding, logical_to_spec, make_mesh,
                              param_shardings)
 from jaxtok.train.config import TrainConfig
-from jaxtok.train.loop import compile_train_step, init_state, setup, to_global
+from jaxtok.train.loop import compile_train_step, init_state, setup, to_global, transformer_factory
 
 MODEL = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64,
                     max_len=16)
@@ -24,8 +24,8 @@ def _batch(seed):
 
 
 def _train(mesh_cfg, devices):
-  s = setup(MODEL, TRAIN, mesh_cfg, devices=devices)
-  state = init_state(s, MODEL, seed=0)
+  s = setup(transformer_factory(MODEL), TRAIN, mesh_cfg, devices=devices)
+  state = init_state(s, seed=0)
   step = compile_train_step(s)
   losses = []
   for i in range(3):
@@ -64,6 +64,6 @@ def test_mesh_shape_errors_and_describe():
   with pytest.raises(ValueError, match="need 12 devices"):
     MeshConfig(data=3, fsdp=2, tensor=2).shape(8)
   assert MeshConfig(data=-1, tensor=2).shape(8) == (4, 1, 2)
-  s = setup(MODEL, TRAIN, MeshConfig(data=2, fsdp=2, tensor=2))
-  text = describe_sharding(init_state(s, MODEL, 0).params)
+  s = setup(transformer_factory(MODEL), TRAIN, MeshConfig(data=2, fsdp=2, tensor=2))
+  text = describe_sharding(init_state(s, 0).params)
   assert "['blocks'][0]['mlp']['w_gate']" in text and "P('fsdp', 'tensor')" in text

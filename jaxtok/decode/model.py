@@ -18,7 +18,6 @@ from typing import Any
 
 from flax import nnx, struct
 
-from jaxtok.nn.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -26,7 +25,7 @@ class ModelDef:
   """Static half of a model: its NNX graph definition and config (identity hash and eq), and,
   for a pretrained model, the tokenizer read from the same file, the file and its metadata."""
   graphdef: nnx.GraphDef
-  cfg: ModelConfig
+  cfg: Any  # a ModelConfig for the Transformer; another module's own config (VectorConfig)
   tokenizer: Any = None  # jaxtok.tokenize.pretrained.PretrainedTokenizer | None
   source: Path | None = None
   metadata: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -43,7 +42,7 @@ class Model:
   params: Any  # nnx.State of nnx.Param
 
   @property
-  def cfg(self) -> ModelConfig:
+  def cfg(self) -> Any:
     return self.defn.cfg
 
   @property

@@ -29,18 +29,6 @@ from jaxtok.kvcompress.observe import Observation
 from jaxtok.kvcompress.policy import LayerPlan, Policy
 
 
-def merge_reference(x_BxKxSxDh: Float[Array, "B K S Dh"], mass_BxKxS: Float[Array, "B K S"],
-                    dest_BxKxS) -> tuple[Float[Array, "B K S Dh"], Float[Array, "B K S"]]:
-  """Per destination m < S: (sum_j mass_j x_j, sum_j mass_j) over the slots j with dest_j = m
-  (a one-hot contraction; dest = S, the trash class, falls outside the one-hot and vanishes)."""
-  s = x_BxKxSxDh.shape[2]
-  onehot_BxKxSxM = jax.nn.one_hot(dest_BxKxS, s, dtype=jnp.float32)
-  w_BxKxSxM = onehot_BxKxSxM * mass_BxKxS[..., None]
-  sum_BxKxMxDh = jnp.einsum("bksm,bksd->bkmd", w_BxKxSxM, x_BxKxSxDh.astype(jnp.float32),
-                            precision=jax.lax.Precision.HIGHEST)
-  return sum_BxKxMxDh, w_BxKxSxM.sum(axis=2)
-
-
 def merge_sums(k_BxKxSxDh, v_BxKxSxDh, mass_BxKxS, dest_BxKxS):
   """(sum mass*k, sum mass*v, sum mass) per destination: the plan-application op
   (jaxtok_kernels.kvcompress: Pallas on TPU/GPU, O(S Dh) segment sums elsewhere)."""

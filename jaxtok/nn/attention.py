@@ -37,7 +37,8 @@ from jaxtyping import Array, Bool, Float, Int
 # Imported with this module, not lazily while tracing: importing Pallas registers JAX config
 # options, and doing that mid-trace invalidates every jit cache entry made before it.
 import jaxtok_kernels
-from jaxtok_kernels import common
+from jaxtok_kernels import dispatch
+from jaxtok_kernels.tiling import pad_axis
 from jaxtok_kernels.attn_stats import attn_stats, fused
 from jaxtok_kernels.attn_stats.reference import last_row
 from jaxtok_kernels.selected_attention import selected_attention
@@ -136,7 +137,7 @@ def _chunked_causal(q_BxTxHxDh, k_BxTxKxDh, v_BxTxKxDh, return_lse):
         segments.insert(0, (k_BxKxTxDh[:, :, :start], v_BxKxTxDh[:, :, :start], True))
       out, lse, seg_sums = fused.attend(q_chunk, segments)
       results.append((out, lse))
-      sums.append(common.pad_axis(jnp.concatenate(seg_sums, axis=-1), 2, t))
+      sums.append(pad_axis(jnp.concatenate(seg_sums, axis=-1), 2, t))
       continue
     # Keys before the chunk act as a fully visible cache of exactly `start` slots (static
     # slices: the work is the causal triangle, not the square).
@@ -170,7 +171,7 @@ def cached_attention(q_BxTxHxDh: Float[Array, "B T H Dh"], k_cache_BxKxSxDh, v_c
   """
   b, t = q_BxTxHxDh.shape[:2]
   impl = _kernel_impl(implementation)
-  if return_lse and (impl == "xla" or (impl is None and common.backend() not in ("tpu", "gpu"))):
+  if return_lse and (impl == "xla" or (impl is None and dispatch.backend() not in ("tpu", "gpu"))):
     return _cached_fused(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK,
                          k_new_BxTxKxDh, v_new_BxTxKxDh, mask)
   res = _cached_kernel(q_BxTxHxDh, k_cache_BxKxSxDh, v_cache_BxKxSxDh, cache_len_BxK,

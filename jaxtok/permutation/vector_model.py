@@ -32,7 +32,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 # Finite (jaxtok's one mask value): -inf inside where() gives NaN gradients once a row is fully
 # masked; exp of it underflows to exactly 0, which is what makes Lemma 1 hold bit for bit.
-from jaxtok_kernels.common import MASKED as _MASKED
+from jaxtok_kernels.numerics import MASKED as _MASKED
 
 from jaxtok.config import require
 from jaxtok.permutation.task import read_rows, seq_len

@@ -239,10 +239,10 @@ def test_score_texts_matches_a_direct_forward(tiny_files):
   logits = _logits(m, jnp.asarray([ids]))
   logp = jax.nn.log_softmax(jnp.asarray(logits[0]), -1)
   nll = -float(sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1)))
-  whole = evaluate.score_texts(m.graphdef, m.params, m.tokenizer, [text], window=32, batch=1)
+  whole = evaluate.score_texts(m, [text], window=32, batch=1)
   assert whole.n_tokens == len(ids) - 1 and whole.n_bytes == len(text)
   assert whole.nll_nats == pytest.approx(nll, rel=1e-5)
-  windowed = evaluate.score_texts(m.graphdef, m.params, m.tokenizer, [text, text], window=4,
+  windowed = evaluate.score_texts(m, [text, text], window=4,
                                   batch=2)
   assert windowed.n_tokens == 2 * whole.n_tokens  # every token predicted exactly once
   assert evaluate.unigram_bits_per_byte(["aaaa"]) == 0.0
