@@ -7,18 +7,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIDE="${1:-./.side}"
 PY="${PYTHON:-python}"
-JAX_VERSION="$("$PY" -c 'import importlib.metadata as m; print(m.version("jax"))')"
 mkdir -p "$SIDE"
-if [ ! -f "$SIDE/tpu/.complete" ]; then
-  # libtpu 0.0.50.x is the release jax 0.12 was built against.
-  "$PY" -m pip install --quiet --upgrade --target "$SIDE/tpu" "libtpu==0.0.50.*"
-  touch "$SIDE/tpu/.complete"
+# The compile toolchain is pinned, apart from the main environment's jax: libtpu and the CUDA
+# plugin must match jaxlib exactly, and a new jax can reach PyPI before its libtpu / plugin do
+# (jax 0.12.1 wants libtpu 0.0.53, unpublished; plugin 0.12.0.1 cannot read jaxlib 0.12.1's
+# Triton bytecode). Each side folder therefore carries its own jax + jaxlib, which shadow the
+# main ones only inside the compile subprocess (PYTHONPATH).
+TOOLCHAIN=0.12.0.1
+if [ ! -f "$SIDE/tpu/.complete-$TOOLCHAIN" ]; then
+  rm -rf "$SIDE/tpu"
+  "$PY" -m pip install --quiet --no-deps --target "$SIDE/tpu" "libtpu==0.0.50.*" \
+    "jax==$TOOLCHAIN" "jaxlib==$TOOLCHAIN"
+  touch "$SIDE/tpu/.complete-$TOOLCHAIN"
 fi
-if [ ! -f "$SIDE/cuda/.complete-$JAX_VERSION" ]; then
+if [ ! -f "$SIDE/cuda/.complete-$TOOLCHAIN" ]; then
+  rm -rf "$SIDE/cuda"
   # --no-deps: the compile needs only the plugin + PJRT; ptxas/nvlink come from the machine's CUDA.
-  "$PY" -m pip install --quiet --upgrade --no-deps --target "$SIDE/cuda" \
-    "jax-cuda12-plugin==$JAX_VERSION" "jax-cuda12-pjrt==$JAX_VERSION"
-  touch "$SIDE/cuda/.complete-$JAX_VERSION"
+  "$PY" -m pip install --quiet --no-deps --target "$SIDE/cuda" "jax==$TOOLCHAIN" \
+    "jaxlib==$TOOLCHAIN" "jax-cuda12-plugin==$TOOLCHAIN" "jax-cuda12-pjrt==$TOOLCHAIN"
+  touch "$SIDE/cuda/.complete-$TOOLCHAIN"
 fi
 command -v ptxas >/dev/null || echo "warning: no ptxas on PATH; the h100 compile will fail" >&2
 exec "$PY" -m jaxtok_kernels.check --targets "${TARGETS:-tpu-v5e,tpu-v6e,h100}" --side "$SIDE" \

@@ -40,7 +40,7 @@ def test_config_matches_the_model_card(smollm2):
   assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dh, cfg.d_ff) == (
       30, 576, 9, 3, 64, 1536)
   assert cfg.vocab_size == 49152 and cfg.tie_embeddings and cfg.rope_theta == 1e5
-  assert smollm2.metadata["llama.context_length"] == 8192
+  assert smollm2.defn.metadata["llama.context_length"] == 8192
 
 
 def test_prompt_logprobs_match_transformers(logits_TxV, golden):
